@@ -1,0 +1,104 @@
+"""The voxwire service: ``create_app(config)`` builds the Quart-Trio application."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from quart import Response
+from quart_trio import QuartTrio
+from quart_trio.wrappers.request import TrioBody, TrioRequest
+from werkzeug.exceptions import HTTPException
+
+from app._config import ServerConfig, SessionConfig, validate_session_config
+from app._errors import ApiError, VoiceServiceError
+from app._metrics import Metrics
+from app._registry import SessionRegistry
+from app._server import serve
+from app._session import Session
+
+__all__ = [
+    "ApiError",
+    "ServerConfig",
+    "Session",
+    "SessionConfig",
+    "SessionRegistry",
+    "VoiceServiceError",
+    "create_app",
+    "serve",
+    "validate_session_config",
+]
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+class BacklogBody(TrioBody):
+    """Quart's body buffer, capped on the unread backlog only.
+
+    Quart also rejects any request whose Content-Length exceeds the cap, which would limit
+    a whole ``curl -T file`` upload to the backlog size; voxwire checks declared lengths
+    against its own per-request limits instead.
+    """
+
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None):
+        super().__init__(None, max_content_length)
+
+
+class VoxRequest(TrioRequest):
+    body_class = BacklogBody
+
+
+def json_error(error: ApiError) -> Response:
+    """Render an :class:`ApiError` as an OpenAI-style JSON error response."""
+    response = Response(
+        json.dumps(error.body()), status=error.status, content_type="application/json"
+    )
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def create_app(config: ServerConfig | None = None) -> QuartTrio:
+    """Build the application. Sessions start when the app starts serving."""
+    from app.routes import audio, events, health, sessions  # noqa: PLC0415 (routes → app)
+
+    config = config or ServerConfig()
+    app = QuartTrio("voxwire", static_folder=None)
+    app.request_class = VoxRequest
+    # Quart buffers request bodies; this caps only the unread backlog (see BacklogBody).
+    app.config["MAX_CONTENT_LENGTH"] = config.body_backlog_bytes
+    app.config["RESPONSE_TIMEOUT"] = config.response_timeout_s
+    metrics = Metrics()
+    registry = SessionRegistry(config, metrics)
+    app.config["VOXWIRE_CONFIG"] = config
+    app.config["VOXWIRE_METRICS"] = metrics
+    app.config["VOXWIRE_REGISTRY"] = registry
+    app.config["VOXWIRE_WEB_DIR"] = WEB_DIR
+
+    @app.before_serving
+    async def start_registry() -> None:
+        await app.nursery.start(registry.run)
+
+    @app.after_serving
+    async def stop_registry() -> None:
+        registry.drain()
+
+    @app.errorhandler(ApiError)
+    async def handle_api_error(error: ApiError) -> Response:
+        return json_error(error)
+
+    @app.errorhandler(HTTPException)
+    async def handle_http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        code = (error.name or "error").lower().replace(" ", "_")
+        return json_error(ApiError(status, code, error.description or error.name or ""))
+
+    for bp in (sessions.bp, audio.bp, events.bp, health.bp):
+        app.register_blueprint(bp)
+    return app
+
+

@@ -1,0 +1,216 @@
+"""Server configuration (flat, names carry units) and strict session-config validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from app._errors import ApiError
+
+SUPPORTED_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+RESPONDERS = ("echo", "llm", "none", "loopback")
+VOICES = ("joe",)
+Responder = Literal["echo", "llm", "none", "loopback"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Process-wide settings. Every env var is ``VOXWIRE_<NAME>`` in upper case."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    api_key: str | None = None
+    # sessions
+    max_sessions: int = 200
+    session_idle_ttl_s: float = 300.0
+    reap_interval_s: float = 5.0
+    default_responder: str = "echo"
+    # request bodies
+    max_json_bytes: int = 64 * 1024
+    body_backlog_bytes: int = 1024 * 1024
+    max_upload_request_bytes: int = 256 * 1024 * 1024
+    max_sequenced_upload_bytes: int = 1024 * 1024
+    max_session_audio_s: float = 4 * 3600.0
+    upload_idle_timeout_s: float = 10.0
+    upload_backpressure_timeout_s: float = 5.0
+    retry_after_s: int = 1
+    # pipeline channels (items)
+    ingest_queue_chunks: int = 32
+    frame_queue_frames: int = 64
+    # playout
+    playout_frame_ms: int = 20
+    playout_lead_ms: int = 100
+    playout_max_s: float = 30.0
+    reader_queue_ms: int = 2000
+    # events
+    event_replay_size: int = 512
+    sse_ping_interval_s: float = 15.0
+    # HTTP server
+    response_timeout_s: float = 60.0
+    keep_alive_timeout_s: float = 75.0
+    graceful_timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
+        """Build from ``VOXWIRE_*`` variables, then ``overrides`` (e.g. command-line flags)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"VOXWIRE_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(cls(), f.name))
+            try:
+                if f.name == "api_key":
+                    values[f.name] = raw
+                elif kind is int:
+                    values[f.name] = int(raw)
+                elif kind is float:
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise ValueError(f"VOXWIRE_{f.name.upper()}={raw!r}: {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDetection:
+    """Server VAD settings (OpenAI Realtime names)."""
+
+    type: str = "server_vad"
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """One session's configuration; ``turn_detection=None`` means push-to-talk."""
+
+    instructions: str = "You are a helpful assistant."
+    voice: str = "joe"
+    input_sample_rate: int = 16000
+    output_sample_rate: int = 16000
+    turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
+    responder: str = "echo"
+    temperature: float = 0.8
+    max_response_output_tokens: int = 4096
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["turn_detection"] = (
+            None if self.turn_detection is None else self.turn_detection.to_json()
+        )
+        return data
+
+
+# Keys that may not change once a session exists: the WAV header and the client's
+# capture format are fixed when the streams open.
+IMMUTABLE_KEYS = frozenset({"input_sample_rate", "output_sample_rate"})
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_value", message, param=param)
+
+
+def _number(value: object, param: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(param, f"{param} must be a number")
+    if not math.isfinite(value):
+        raise _bad(param, f"{param} must be finite")
+    if not lo <= value <= hi:
+        raise _bad(param, f"{param} must be between {lo:g} and {hi:g}")
+    return float(value)
+
+
+def _integer(value: object, param: str, lo: int, hi: int) -> int:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(param, f"{param} must be an integer")
+    if not lo <= value <= hi:
+        raise _bad(param, f"{param} must be between {lo} and {hi}")
+    return value
+
+
+def _choice(value: object, param: str, choices: tuple[Any, ...]) -> Any:
+    if isinstance(value, bool) or value not in choices:
+        listed = ", ".join(str(c) for c in choices)
+        raise _bad(param, f"{param} must be one of {listed}")
+    return value
+
+
+def _turn_detection(value: object, base: TurnDetection | None) -> TurnDetection | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _bad("turn_detection", "turn_detection must be an object or null")
+    start = base or TurnDetection()
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        param = f"turn_detection.{key}"
+        if key == "type":
+            out[key] = _choice(v, param, ("server_vad",))
+        elif key == "threshold":
+            out[key] = _number(v, param, 0.0, 1.0)
+        elif key == "prefix_padding_ms":
+            out[key] = _integer(v, param, 0, 5000)
+        elif key == "silence_duration_ms":
+            out[key] = _integer(v, param, 0, 10000)
+        else:
+            raise _bad(param, f"unknown key {key!r}")
+    return dataclasses.replace(start, **out)
+
+
+def validate_session_config(
+    data: object, base: SessionConfig | None = None, *, update: bool = False
+) -> SessionConfig:
+    """Check a (partial) session config strictly and merge it over ``base``.
+
+    Raises:
+        ApiError: 422 naming the offending ``param`` for unknown keys, wrong types,
+            non-finite numbers and out-of-range values.
+    """
+    base = base or SessionConfig()
+    if data is None:
+        return base
+    if not isinstance(data, dict):
+        raise _bad("", "session config must be a JSON object")
+    out: dict[str, Any] = {}
+    for key, v in data.items():
+        if not isinstance(key, str):
+            raise _bad("", "keys must be strings")
+        if update and key in IMMUTABLE_KEYS and v != getattr(base, key):
+            raise _bad(key, f"{key} is fixed when the session is created")
+        if key == "instructions":
+            if not isinstance(v, str):
+                raise _bad(key, "instructions must be a string")
+            if len(v) > 16000:
+                raise _bad(key, "instructions must be at most 16000 characters")
+            out[key] = v
+        elif key == "voice":
+            out[key] = _choice(v, key, VOICES)
+        elif key in ("input_sample_rate", "output_sample_rate"):
+            out[key] = _integer(v, key, 0, 10**6)
+            _choice(out[key], key, SUPPORTED_RATES)
+        elif key == "turn_detection":
+            out[key] = _turn_detection(v, base.turn_detection)
+        elif key == "responder":
+            out[key] = _choice(v, key, RESPONDERS)
+        elif key == "temperature":
+            out[key] = _number(v, key, 0.0, 2.0)
+        elif key == "max_response_output_tokens":
+            out[key] = 4096 if v == "inf" else _integer(v, key, 1, 4096)
+        else:
+            raise _bad(key, f"unknown session config key {key!r}")
+    return dataclasses.replace(base, **out)

@@ -1,0 +1,367 @@
+"""One voice session: its nursery, channels, upload ingest, playout and events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import trio
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from app._config import ServerConfig, SessionConfig, validate_session_config
+from app._errors import ApiError
+from app._events import EventLog
+from app._metrics import Metrics
+from app._playout import Playout, Reader
+from audio import AudioChunk, Framer, PcmDecoder, StreamResampler
+
+log = logging.getLogger(__name__)
+
+PIPELINE_RATE = 16000  # VAD and STT run at 16 kHz
+FRAME_SAMPLES = 512  # one Silero VAD frame (32 ms)
+MAX_PIECE_SAMPLES = 8192  # ingest items stay small whatever the HTTP chunking
+
+
+@dataclass(frozen=True, slots=True)
+class PcmFormat:
+    """What an upload's Content-Type said: the rate and the byte order of PCM16 mono."""
+
+    sample_rate: int
+    big_endian: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """512 samples at 16 kHz; ``start`` counts samples since the session's first one."""
+
+    samples: np.ndarray[Any, np.dtype[np.int16]]
+    start: int
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    """What an upload did: bytes taken, and the sequence state after it."""
+
+    accepted_bytes: int
+    duplicate: bool = False
+    acked_sequence: int | None = None
+
+
+@dataclass(slots=True)
+class SessionStats:
+    bytes_in: int = 0
+    bytes_out: int = 0
+    samples_in: int = 0
+    frames: int = 0
+    uploads: int = 0
+    throttled: int = 0
+    turns: int = 0
+
+
+class Session:
+    """A session: everything it runs lives in the nursery opened by :meth:`run`."""
+
+    def __init__(
+        self,
+        session_id: str,
+        token: str,
+        config: SessionConfig,
+        server: ServerConfig,
+        metrics: Metrics,
+    ) -> None:
+        self.id = session_id
+        self.token = token
+        self.config = config
+        self._server = server
+        self._metrics = metrics
+        self.created_at = trio.current_time()
+        self.last_activity = self.created_at
+        self.open_requests = 0
+        self.stats = SessionStats()
+        self.state = "starting"
+        self.events = EventLog(session_id, server.event_replay_size)
+        self.playout = Playout(
+            config.output_sample_rate,
+            frame_ms=server.playout_frame_ms,
+            lead_ms=server.playout_lead_ms,
+            max_s=server.playout_max_s,
+            reader_queue_ms=server.reader_queue_ms,
+            metrics=metrics,
+        )
+        self._ingest_send, self._ingest_recv = trio.open_memory_channel[AudioChunk](
+            server.ingest_queue_chunks
+        )
+        self._frames_send, self._frames_recv = trio.open_memory_channel[Frame](
+            server.frame_queue_frames
+        )
+        self._upload_lock = trio.Lock()
+        self._decoder: PcmDecoder | None = None
+        self._decoder_format: PcmFormat | None = None
+        self._next_sequence = 0
+        self._framer_reset_requested = False
+        self._cancel_scope = trio.CancelScope()
+        self.closed = trio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the session's tasks until :meth:`close`.
+
+        Cancellation: cancelling ends every task of the session; streams end cleanly.
+        """
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._ingest_task, self._ingest_recv, self._frames_send)
+                    nursery.start_soon(self._frames_task, self._frames_recv)
+                    nursery.start_soon(self.playout.run)
+                    self.state = "active"
+                    self.events.emit("session.created", session=self.describe())
+                    task_status.started()
+        finally:
+            self.state = "closed"
+            self.playout.stop()
+            self.events.close()
+            self._ingest_send.close()
+            self.closed.set()
+
+    def close(self) -> None:
+        """End the session: cancel its tasks, end its streams."""
+        self.playout.stop()
+        self.events.close()
+        self._cancel_scope.cancel()
+
+    def end_streams(self) -> None:
+        """End open responses cleanly (graceful shutdown) without ending the session."""
+        self.playout.stop()
+        self.events.close()
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Mark a request in progress (the reaper leaves busy sessions alone)."""
+        self.open_requests += 1
+        self.last_activity = trio.current_time()
+        try:
+            yield
+        finally:
+            self.open_requests -= 1
+            self.last_activity = trio.current_time()
+
+    def describe(self) -> dict[str, Any]:
+        """Public JSON view: config and live stats."""
+        s = self.stats
+        return {
+            "id": self.id,
+            "object": "realtime.session",
+            "state": self.state,
+            "age_s": round(trio.current_time() - self.created_at, 3),
+            "config": self.config.to_json(),
+            "stats": {
+                "bytes_in": s.bytes_in,
+                "bytes_out": s.bytes_out,
+                "audio_in_ms": round(1000 * s.frames * FRAME_SAMPLES / PIPELINE_RATE),
+                "uploads": s.uploads,
+                "throttled": s.throttled,
+                "turns": s.turns,
+                "streaming": self.playout.has_reader,
+                "next_sequence": self._next_sequence,
+            },
+        }
+
+    def update_config(self, patch: object) -> SessionConfig:
+        """Apply a session.update; emits ``session.updated``."""
+        self.config = validate_session_config(patch, self.config, update=True)
+        self.events.emit("session.updated", session=self.describe())
+        return self.config
+
+    # -- upload ----------------------------------------------------------------------
+
+    async def upload(
+        self,
+        body: AsyncIterator[bytes],
+        fmt: PcmFormat,
+        *,
+        sequence: int | None,
+        content_length: int | None,
+    ) -> UploadResult:
+        """Consume one upload_audio body as it arrives and feed the ingest channel.
+
+        Raises:
+            ApiError: 408 idle body, 409 sequence gap or concurrent upload, 413 caps,
+                429 backpressure (``Retry-After``). Audio accepted before the error stays.
+        """
+        srv = self._server
+        limit = srv.max_upload_request_bytes if sequence is None else srv.max_sequenced_upload_bytes
+        if content_length is not None and content_length > limit:
+            raise ApiError(
+                413, "upload_too_large", f"upload bodies are limited to {limit} bytes",
+                param="Content-Length",
+            )
+        acquired = False
+        with trio.move_on_after(srv.upload_backpressure_timeout_s):
+            await self._upload_lock.acquire()
+            acquired = True
+        if not acquired:
+            raise ApiError(
+                409, "upload_in_progress", "another upload to this session is still running",
+                headers={"Retry-After": str(srv.retry_after_s)},
+            )
+        try:
+            self.stats.uploads += 1
+            if sequence is None:
+                return UploadResult(await self._stream_upload(body, fmt, limit))
+            return await self._sequenced_upload(body, fmt, sequence, limit)
+        finally:
+            self._upload_lock.release()
+
+    def _decoder_for(self, fmt: PcmFormat) -> PcmDecoder:
+        if self._decoder is None or self._decoder_format != fmt:
+            self._decoder = PcmDecoder(big_endian=fmt.big_endian)
+            self._decoder_format = fmt
+        return self._decoder
+
+    async def _read_chunks(self, body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+        total = 0
+        while True:
+            with trio.move_on_after(self._server.upload_idle_timeout_s) as idle:
+                try:
+                    chunk = await body.__anext__()
+                except StopAsyncIteration:
+                    return
+                except RequestEntityTooLarge:
+                    raise ApiError(
+                        413, "upload_backlog_exceeded",
+                        "request body arrived faster than it could be consumed",
+                    ) from None
+            if idle.cancelled_caught:
+                raise ApiError(
+                    408, "upload_idle_timeout",
+                    f"no body data for {self._server.upload_idle_timeout_s:g} s",
+                )
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, "upload_too_large", f"upload bodies are limited to {limit} bytes")
+            yield chunk
+
+    def _check_session_cap(self, new_samples: int, rate: int) -> None:
+        in_s = self.stats.frames * FRAME_SAMPLES / PIPELINE_RATE + new_samples / rate
+        if in_s > self._server.max_session_audio_s:
+            raise ApiError(
+                413, "session_audio_limit",
+                f"a session accepts at most {self._server.max_session_audio_s:g} s of audio",
+            )
+
+    async def _send_audio(self, samples: np.ndarray[Any, np.dtype[np.int16]], rate: int) -> None:
+        """Hand samples to ingest, waiting at most the backpressure timeout."""
+        with trio.move_on_after(self._server.upload_backpressure_timeout_s):
+            try:
+                await self._ingest_send.send(AudioChunk(samples, rate))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise ApiError(404, "session_not_found", "The session ended.") from None
+            return
+        self.stats.throttled += 1
+        self._metrics.upload_throttled.inc()
+        raise ApiError(
+            429, "upload_backpressure", "the session is not keeping up; retry shortly",
+            error_type="rate_limit_error",
+            headers={"Retry-After": str(self._server.retry_after_s)},
+        )
+
+    def _accept(self, nbytes: int) -> None:
+        self.stats.bytes_in += nbytes
+        self._metrics.bytes_in.inc(nbytes)
+        self.last_activity = trio.current_time()
+
+    async def _stream_upload(self, body: AsyncIterator[bytes], fmt: PcmFormat, limit: int) -> int:
+        decoder = self._decoder_for(fmt)
+        accepted = 0
+        async for chunk in self._read_chunks(body, limit):
+            samples = decoder.feed(chunk)
+            self._check_session_cap(len(samples), fmt.sample_rate)
+            for start in range(0, len(samples), MAX_PIECE_SAMPLES):
+                piece = samples[start : start + MAX_PIECE_SAMPLES]
+                await self._send_audio(piece, fmt.sample_rate)
+                accepted += 2 * len(piece)
+                self._accept(2 * len(piece))
+        return accepted
+
+    async def _sequenced_upload(
+        self, body: AsyncIterator[bytes], fmt: PcmFormat, sequence: int, limit: int
+    ) -> UploadResult:
+        expected = self._next_sequence
+        if sequence > expected:
+            raise ApiError(
+                409, "sequence_gap", f"expected X-Sequence {expected}, got {sequence}",
+                param="X-Sequence",
+            )
+        data = bytearray()
+        async for chunk in self._read_chunks(body, limit):
+            data += chunk
+        if sequence < expected:  # a retry of something we already hold
+            return UploadResult(0, duplicate=True, acked_sequence=expected - 1)
+        decoder = self._decoder_for(fmt)
+        carry_before = decoder.pending_bytes
+        samples = decoder.feed(bytes(data))
+        self._check_session_cap(len(samples), fmt.sample_rate)
+        if len(samples):
+            try:
+                await self._send_audio(samples, fmt.sample_rate)
+            except ApiError:
+                # Not taken: forget the bytes so a retry of this sequence starts clean.
+                self._decoder = None
+                raise
+        self._accept(len(data) + carry_before - decoder.pending_bytes)
+        self._next_sequence = expected + 1
+        return UploadResult(len(data), acked_sequence=expected)
+
+    def clear_input(self) -> None:
+        """input_audio_buffer.clear: drop the partial frame not yet handed on."""
+        self._framer_reset_requested = True
+
+    # -- tasks -----------------------------------------------------------------------
+
+    async def _ingest_task(
+        self, chunks: trio.MemoryReceiveChannel[AudioChunk], out: trio.MemorySendChannel[Frame]
+    ) -> None:
+        """Resample uploads to 16 kHz and cut them into 512-sample frames."""
+        framer = Framer(FRAME_SAMPLES)
+        resampler: StreamResampler | None = None
+        position = 0
+        async with chunks, out:
+            async for chunk in chunks:
+                if resampler is None or resampler.in_rate != chunk.sample_rate:
+                    resampler = StreamResampler(chunk.sample_rate, PIPELINE_RATE)
+                if self._framer_reset_requested:
+                    framer.clear()
+                    self._framer_reset_requested = False
+                for samples in framer.feed(resampler.feed(chunk.samples)):
+                    await out.send(Frame(samples, position))
+                    position += len(samples)
+
+    async def _frames_task(self, frames: trio.MemoryReceiveChannel[Frame]) -> None:
+        """Consume frames. Until the models arrive: count them, and loop back if asked."""
+        back: StreamResampler | None = None
+        async with frames:
+            async for frame in frames:
+                self.stats.frames += 1
+                if self.config.responder == "loopback":
+                    rate = self.config.output_sample_rate
+                    if back is None or back.out_rate != rate:
+                        back = StreamResampler(PIPELINE_RATE, rate)
+                    await self.playout.put(back.feed(frame.samples))
+
+    # -- download --------------------------------------------------------------------
+
+    def attach_reader(self) -> tuple[bytes, Reader]:
+        """Take over the audio stream: returns the prelude bytes and the new reader."""
+        reader = self.playout.attach()
+        return self.playout.prelude(), reader
+
+    def note_bytes_out(self, n: int) -> None:
+        self.stats.bytes_out += n
+        self._metrics.bytes_out.inc(n)
+

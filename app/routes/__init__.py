@@ -1,0 +1,1 @@
+"""HTTP blueprints: they parse, authorise, hand to ``app`` and format the reply."""

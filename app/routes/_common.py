@@ -1,0 +1,91 @@
+"""Helpers shared by the blueprints: auth, JSON bodies, app state."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from quart import current_app, request
+
+from app._config import ServerConfig
+from app._errors import ApiError
+from app._metrics import Metrics
+from app._registry import SessionRegistry
+from app._session import Session
+
+
+def server_config() -> ServerConfig:
+    cfg: ServerConfig = current_app.config["VOXWIRE_CONFIG"]
+    return cfg
+
+
+def registry() -> SessionRegistry:
+    reg: SessionRegistry = current_app.config["VOXWIRE_REGISTRY"]
+    return reg
+
+
+def metrics() -> Metrics:
+    m: Metrics = current_app.config["VOXWIRE_METRICS"]
+    return m
+
+
+def bearer_token() -> str | None:
+    """The ``Authorization: Bearer`` credential, if any."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        return None
+    return credential.strip()
+
+
+def require_api_key() -> None:
+    """Guard creation and monitoring when ``VOXWIRE_API_KEY`` is set (401 otherwise)."""
+    key = server_config().api_key
+    if not key:
+        return
+    given = bearer_token() or ""
+    if not secrets.compare_digest(key.encode(), given.encode()):
+        raise ApiError(
+            401, "invalid_api_key", "a valid API key is required",
+            error_type="authentication_error",
+            headers={"WWW-Authenticate": 'Bearer realm="voxwire"'},
+        )
+
+
+def authorised_session(session_id: str, *, allow_query_token: bool = False) -> Session:
+    """The session named in the path, if the caller holds its token; else the one 404.
+
+    ``?token=`` is honoured only where browsers cannot set headers (EventSource,
+    ``<audio src>``): the GETs of ``events`` and ``stream_audio``.
+    """
+    token = bearer_token()
+    if token is None and allow_query_token:
+        token = request.args.get("token")
+    return registry().authorise(session_id, token)
+
+
+async def json_body(*, allow_empty: bool = True) -> Any:
+    """Read and parse a small JSON body (size-capped; 400/413/415 on bad input)."""
+    limit = server_config().max_json_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ApiError(413, "body_too_large", f"JSON bodies are limited to {limit} bytes")
+    mimetype = request.mimetype
+    if mimetype and mimetype != "application/json":
+        raise ApiError(
+            415, "unsupported_media_type", "send application/json", param="Content-Type"
+        )
+    data = bytearray()
+    async for chunk in request.body:
+        data += chunk
+        if len(data) > limit:
+            raise ApiError(413, "body_too_large", f"JSON bodies are limited to {limit} bytes")
+    if not data.strip():
+        if allow_empty:
+            return None
+        raise ApiError(400, "empty_body", "a JSON body is required")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None

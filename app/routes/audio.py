@@ -1,0 +1,122 @@
+"""upload_audio, stream_audio, stop_stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from quart import Blueprint, Response, jsonify, request
+from werkzeug.http import parse_options_header
+
+from app._config import SUPPORTED_RATES
+from app._errors import ApiError
+from app._session import PcmFormat
+from app.routes._common import authorised_session
+
+bp = Blueprint("audio", __name__)
+
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache, no-store, no-transform",
+    "X-Accel-Buffering": "no",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _unsupported(message: str) -> ApiError:
+    return ApiError(415, "unsupported_media_type", message, param="Content-Type")
+
+
+def parse_pcm_format(content_type: str | None, session_rate: int) -> PcmFormat:
+    """Map an upload's Content-Type to a PCM format (see docs/api.md, "upload_audio").
+
+    - none or ``application/octet-stream``: PCM16 little-endian at the session's rate;
+    - ``audio/L16;rate=N`` (RFC 2586): PCM16 **big-endian** at N Hz;
+    - ``audio/pcm;rate=N``: PCM16 little-endian at N Hz (N defaults to the session's).
+    """
+    if not content_type or not content_type.strip():
+        return PcmFormat(session_rate)
+    mimetype, options = parse_options_header(content_type)
+    mimetype = mimetype.lower()
+    options = {k.lower(): v for k, v in options.items()}
+    if mimetype == "application/octet-stream":
+        return PcmFormat(session_rate)
+    if mimetype not in ("audio/l16", "audio/pcm"):
+        raise _unsupported(
+            f"unsupported Content-Type {mimetype!r}: send application/octet-stream "
+            "(PCM16 LE at the session rate) or audio/L16;rate=N"
+        )
+    if options.get("channels", "1") != "1":
+        raise _unsupported("only mono audio (channels=1) is accepted")
+    rate_text = options.get("rate")
+    if rate_text is None:
+        if mimetype == "audio/l16":
+            raise _unsupported("audio/L16 needs a rate parameter, e.g. audio/L16;rate=16000")
+        rate = session_rate
+    else:
+        try:
+            rate = int(rate_text)
+        except ValueError:
+            raise _unsupported(f"rate must be an integer, got {rate_text!r}") from None
+    if rate not in SUPPORTED_RATES:
+        raise _unsupported(f"rate {rate} is not one of {', '.join(map(str, SUPPORTED_RATES))}")
+    return PcmFormat(rate, big_endian=mimetype == "audio/l16")
+
+
+def _sequence() -> int | None:
+    raw = request.headers.get("X-Sequence")
+    if raw is None:
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if value < 0 or value > 2**62:
+        raise ApiError(400, "invalid_sequence", "X-Sequence must be an integer >= 0",
+                       param="X-Sequence")
+    return value
+
+
+@bp.route("/api/sessions/<session_id>/upload_audio", methods=["POST", "PUT"])
+async def upload_audio(session_id: str) -> Response:
+    session = authorised_session(session_id)
+    with session.request():
+        # Decided from the headers alone, before any of the body is read.
+        fmt = parse_pcm_format(request.headers.get("Content-Type"),
+                               session.config.input_sample_rate)
+        sequence = _sequence()
+        result = await session.upload(
+            request.body, fmt, sequence=sequence, content_length=request.content_length
+        )
+        response = Response("", status=204)
+        response.headers["X-Accepted-Bytes"] = str(result.accepted_bytes)
+        if result.acked_sequence is not None:
+            response.headers["X-Acked-Sequence"] = str(result.acked_sequence)
+        return response
+
+
+@bp.get("/api/sessions/<session_id>/stream_audio")
+async def stream_audio(session_id: str) -> Response:
+    session = authorised_session(session_id, allow_query_token=True)
+    prelude, reader = session.attach_reader()
+
+    async def body() -> AsyncIterator[bytes]:
+        with session.request():
+            try:
+                yield prelude
+                session.note_bytes_out(len(prelude))
+                async for frame in reader.receive:
+                    yield frame
+                    session.note_bytes_out(len(frame))
+            finally:
+                session.playout.detach(reader)
+
+    response = Response(body(), status=200, content_type="audio/wav", headers=STREAM_HEADERS)
+    response.timeout = None  # Quart's RESPONSE_TIMEOUT would cut the stream at 60 s.
+    return response
+
+
+@bp.post("/api/sessions/<session_id>/stop_stream")
+async def stop_stream(session_id: str) -> Response:
+    session = authorised_session(session_id)
+    with session.request():
+        stopped = session.playout.stop()
+        return jsonify({"stopped": stopped})

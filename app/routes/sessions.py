@@ -1,0 +1,82 @@
+"""Session resources: create, list, inspect, update, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response, jsonify
+
+from app._config import validate_session_config
+from app._session import Session
+from app.routes._common import (
+    authorised_session,
+    json_body,
+    registry,
+    require_api_key,
+    server_config,
+)
+
+bp = Blueprint("sessions", __name__)
+
+
+def _urls(session: Session) -> dict[str, str]:
+    base = f"/api/sessions/{session.id}"
+    return {
+        "session": base,
+        "upload_audio": f"{base}/upload_audio",
+        "stream_audio": f"{base}/stream_audio",
+        "stop_stream": f"{base}/stop_stream",
+        "events": f"{base}/events",
+    }
+
+
+@bp.post("/api/sessions")
+async def create_session() -> tuple[Response, int]:
+    require_api_key()
+    data = await json_body()
+    base = validate_session_config(
+        {"responder": server_config().default_responder}
+    )
+    config = validate_session_config(data, base)
+    session = await registry().create(config)
+    body: dict[str, Any] = {
+        "id": session.id,
+        "token": session.token,
+        "config": session.config.to_json(),
+        "urls": _urls(session),
+        "idle_ttl_s": server_config().session_idle_ttl_s,
+    }
+    return jsonify(body), 201
+
+
+@bp.get("/api/sessions")
+async def list_sessions() -> Response:
+    require_api_key()
+    items = []
+    for s in registry().sessions():
+        d = s.describe()
+        items.append({"id": s.id, "state": s.state, "age_s": d["age_s"], **d["stats"]})
+    return jsonify({"object": "list", "data": items})
+
+
+@bp.get("/api/sessions/<session_id>")
+async def get_session(session_id: str) -> Response:
+    session = authorised_session(session_id)
+    with session.request():
+        return jsonify(session.describe())
+
+
+@bp.patch("/api/sessions/<session_id>")
+async def update_session(session_id: str) -> Response:
+    session = authorised_session(session_id)
+    with session.request():
+        data = await json_body(allow_empty=False)
+        session.update_config(data)
+        return jsonify(session.describe())
+
+
+@bp.delete("/api/sessions/<session_id>")
+async def delete_session(session_id: str) -> tuple[str, int]:
+    session = authorised_session(session_id)
+    registry().delete(session)
+    return "", 204

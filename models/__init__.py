@@ -1,0 +1,1 @@
+"""Inference wrappers (blocking; called from worker threads). Arrive with the voice pipeline."""

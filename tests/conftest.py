@@ -1,0 +1,89 @@
+"""Fixtures: the real app under hypercorn on an ephemeral loopback port, httpx clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import trio
+
+from app import ServerConfig, create_app, serve
+from app._registry import SessionRegistry
+
+
+@dataclass
+class Running:
+    url: str
+    app: Any
+    config: ServerConfig
+
+    @property
+    def registry(self) -> SessionRegistry:
+        reg: SessionRegistry = self.app.config["VOXWIRE_REGISTRY"]
+        return reg
+
+
+StartServer = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+def start_server(nursery: trio.Nursery) -> StartServer:
+    """Start a server with config overrides; it stops when the test ends."""
+
+    async def start(**overrides: Any) -> Running:
+        config = ServerConfig(host="127.0.0.1", port=0, **overrides)
+        app = create_app(config)
+        binds = await nursery.start(partial(serve, app, config, shutdown_trigger=None))
+        return Running(binds[0], app, config)
+
+    return start
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> Running:
+    return await start_server()
+
+
+@pytest.fixture
+async def client(server: Running) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+        yield c
+
+
+@dataclass
+class SessionHandle:
+    id: str
+    token: str
+    urls: dict[str, str]
+    body: dict[str, Any]
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def create_session(client: httpx.AsyncClient, **config: Any) -> SessionHandle:
+    r = await client.post("/api/sessions", json=config or None)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return SessionHandle(body["id"], body["token"], body["urls"], body)
+
+
+def tone(seconds: float, rate: int = 16000, freq: float = 440.0) -> np.ndarray:
+    """A recognisable int16 test signal (no zero runs, so silence padding is obvious)."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (8000 * np.sin(2 * np.pi * freq * t) + 1000).astype(np.int16)
+
+
+def count_tasks() -> int:
+    """Every task alive in this trio run."""
+
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(c) for n in task.child_nurseries for c in n.child_tasks)
+
+    return walk(trio.lowlevel.current_root_task())
