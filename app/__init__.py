@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from quart import Response
+from quart import Response, has_request_context, request
 from quart_trio import QuartTrio
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.exceptions import HTTPException
@@ -62,6 +62,18 @@ def json_error(error: ApiError) -> Response:
     return response
 
 
+def _close_if_body_unread(response: Response) -> Response:
+    """Answering before the body is read (415, 413, 409...) ends the connection.
+
+    The client may still be sending; reusing the connection after an early answer has
+    left hypercorn's keep-alive cycle waiting forever. ``Connection: close`` makes h11
+    close it after this response, as nginx does for early errors.
+    """
+    if has_request_context() and not request.body._complete.is_set():
+        response.headers["Connection"] = "close"
+    return response
+
+
 def create_app(config: ServerConfig | None = None) -> QuartTrio:
     """Build the application. Sessions start when the app starts serving."""
     from app.routes import audio, events, health, sessions  # noqa: PLC0415 (routes → app)
@@ -89,13 +101,14 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
 
     @app.errorhandler(ApiError)
     async def handle_api_error(error: ApiError) -> Response:
-        return json_error(error)
+        return _close_if_body_unread(json_error(error))
 
     @app.errorhandler(HTTPException)
     async def handle_http_error(error: HTTPException) -> Response:
         status = error.code or 500
         code = (error.name or "error").lower().replace(" ", "_")
-        return json_error(ApiError(status, code, error.description or error.name or ""))
+        api_error = ApiError(status, code, error.description or error.name or "")
+        return _close_if_body_unread(json_error(api_error))
 
     for bp in (sessions.bp, audio.bp, events.bp, health.bp):
         app.register_blueprint(bp)
