@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -279,14 +279,20 @@ class Session:
     async def _stream_upload(self, body: AsyncIterator[bytes], fmt: PcmFormat, limit: int) -> int:
         decoder = self._decoder_for(fmt)
         accepted = 0
-        async for chunk in self._read_chunks(body, limit):
-            samples = decoder.feed(chunk)
-            self._check_session_cap(len(samples), fmt.sample_rate)
-            for start in range(0, len(samples), MAX_PIECE_SAMPLES):
-                piece = samples[start : start + MAX_PIECE_SAMPLES]
-                await self._send_audio(piece, fmt.sample_rate)
-                accepted += 2 * len(piece)
-                self._accept(2 * len(piece))
+        try:
+            async with aclosing(self._read_chunks(body, limit)) as chunks:
+                async for chunk in chunks:
+                    samples = decoder.feed(chunk)
+                    self._check_session_cap(len(samples), fmt.sample_rate)
+                    for start in range(0, len(samples), MAX_PIECE_SAMPLES):
+                        piece = samples[start : start + MAX_PIECE_SAMPLES]
+                        await self._send_audio(piece, fmt.sample_rate)
+                        accepted += 2 * len(piece)
+                        self._accept(2 * len(piece))
+        except ApiError as error:
+            # Tell the client how much of this body was kept, so it can resume after it.
+            error.headers["X-Accepted-Bytes"] = str(accepted)
+            raise
         return accepted
 
     async def _sequenced_upload(
@@ -299,8 +305,9 @@ class Session:
                 param="X-Sequence",
             )
         data = bytearray()
-        async for chunk in self._read_chunks(body, limit):
-            data += chunk
+        async with aclosing(self._read_chunks(body, limit)) as chunks:
+            async for chunk in chunks:
+                data += chunk
         if sequence < expected:  # a retry of something we already hold
             return UploadResult(0, duplicate=True, acked_sequence=expected - 1)
         decoder = self._decoder_for(fmt)
