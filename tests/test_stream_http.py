@@ -1,0 +1,168 @@
+"""stream_audio and events over real HTTP: headers, WAV, timeouts, takeover, stop, cleanup."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import httpx
+import numpy as np
+import soundfile as sf
+import trio
+
+from tests.conftest import Running, StartServer, count_tasks, create_session
+
+
+async def test_stream_headers_header_and_prelude_arrive_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    s = await create_session(client, output_sample_rate=24000)
+    with trio.fail_after(5):
+        async with client.stream("GET", s.urls["stream_audio"], headers=s.auth) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "audio/wav"
+            assert r.headers["transfer-encoding"] == "chunked"
+            assert "content-length" not in r.headers
+            assert "content-encoding" not in r.headers
+            assert r.headers["cache-control"] == "no-cache, no-store, no-transform"
+            assert r.headers["x-accel-buffering"] == "no"
+            assert r.headers["x-content-type-options"] == "nosniff"
+            first = await r.aiter_raw().__anext__()
+    # One write: the 44-byte header plus >= 1 KiB of silence (lead 100 ms at 24 kHz).
+    assert len(first) >= 44 + 1024
+    assert first[:4] == b"RIFF" and first[4:8] == b"\xff" * 4 and first[40:44] == b"\xff" * 4
+    assert set(first[44:]) == {0}
+
+
+async def test_saved_stream_is_a_readable_wav_with_query_token(client: httpx.AsyncClient) -> None:
+    s = await create_session(client, output_sample_rate=16000)
+    data = b""
+    with trio.fail_after(5):
+        async with client.stream("GET", s.urls["stream_audio"] + f"?token={s.token}") as r:
+            async for chunk in r.aiter_raw():
+                data += chunk
+                if len(data) >= 44 + 16000:
+                    break
+    audio, rate = sf.read(io.BytesIO(data[: 44 + 16000]), dtype="int16")
+    assert rate == 16000 and len(audio) == 8000 and not audio.any()
+
+
+async def test_stream_outlives_quart_response_timeout(start_server: StartServer) -> None:
+    server = await start_server(response_timeout_s=1.0)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        s = await create_session(client)
+        received = 0
+        start = trio.current_time()
+        with trio.fail_after(10):
+            async with client.stream("GET", s.urls["stream_audio"], headers=s.auth) as r:
+                async for chunk in r.aiter_raw():
+                    received += len(chunk)
+                    if trio.current_time() - start > 2.5:
+                        break
+        # well past the 1 s RESPONSE_TIMEOUT and still streaming
+        assert received > 44 + 2 * 32000
+
+
+async def test_second_get_takes_over_and_first_ends_cleanly(client: httpx.AsyncClient) -> None:
+    s = await create_session(client)
+    async with httpx.AsyncClient(base_url=client.base_url, timeout=10) as other:
+        with trio.fail_after(5):
+            async with client.stream("GET", s.urls["stream_audio"], headers=s.auth) as old:
+                it = old.aiter_raw()
+                await it.__anext__()
+                async with other.stream("GET", s.urls["stream_audio"], headers=s.auth) as new:
+                    rest = [c async for c in it]  # ends without error: final chunk received
+                    assert sum(len(c) for c in rest) < 10_000
+                    first_new = await new.aiter_raw().__anext__()
+                    assert first_new[:4] == b"RIFF"
+
+
+async def test_stop_stream_ends_cleanly_and_is_idempotent(client: httpx.AsyncClient) -> None:
+    s = await create_session(client)
+    with trio.fail_after(5):
+        async with client.stream("GET", s.urls["stream_audio"], headers=s.auth) as r:
+            it = r.aiter_raw()
+            await it.__anext__()
+            async with httpx.AsyncClient(base_url=client.base_url) as c2:
+                stop = await c2.post(s.urls["stop_stream"], headers=s.auth)
+                assert (stop.status_code, stop.json()) == (200, {"stopped": True})
+                rest = [c async for c in it]
+                assert sum(len(c) for c in rest) < 10_000
+                again = await c2.post(s.urls["stop_stream"], headers=s.auth)
+                assert (again.status_code, again.json()) == (200, {"stopped": False})
+
+
+async def test_vanished_reader_frees_its_tasks_within_a_second(
+    client: httpx.AsyncClient, server: Running
+) -> None:
+    s = await create_session(client)
+    await client.get(s.urls["session"], headers=s.auth)  # pool connection in place
+    await trio.sleep(0.1)
+    baseline = count_tasks()
+    session = next(iter(server.registry.sessions()))
+    for path in ("stream_audio", "events"):
+        async with httpx.AsyncClient(base_url=client.base_url, timeout=10) as gone:
+            async with gone.stream("GET", s.urls[path], headers=s.auth) as r:
+                await r.aiter_raw().__anext__()
+                assert session.open_requests == 1
+                assert count_tasks() > baseline
+        closed_at = trio.current_time()  # the client's socket is closed here
+        with trio.fail_after(1.0):
+            while session.open_requests or count_tasks() != baseline:
+                await trio.sleep(0.01)
+        assert trio.current_time() - closed_at < 1.0
+        assert not session.playout.has_reader
+
+
+async def test_events_stream_resume_ping_and_client_events(start_server: StartServer) -> None:
+    server = await start_server(sse_ping_interval_s=0.2, event_replay_size=4)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        s = await create_session(client)
+        await client.patch(s.urls["session"], headers=s.auth, json={"temperature": 0.5})
+
+        async def read_events(n: int, headers: dict[str, str], want_ping: bool = False
+                              ) -> tuple[list[tuple[int | None, dict[str, object]]], bool]:
+            out: list[tuple[int | None, dict[str, object]]] = []
+            pinged = False
+            event_id: int | None = None
+            with trio.fail_after(5):
+                async with client.stream("GET", s.urls["events"], headers=headers) as r:
+                    assert r.headers["content-type"].startswith("text/event-stream")
+                    async for line in r.aiter_lines():
+                        if line.startswith(": ping"):
+                            pinged = True
+                        elif line.startswith("id: "):
+                            event_id = int(line[4:])
+                        elif line.startswith("data: "):
+                            out.append((event_id, json.loads(line[6:])))
+                            event_id = None
+                        if len(out) >= n and (pinged or not want_ping):
+                            break
+            return out, pinged
+
+        events, pinged = await read_events(2, s.auth, want_ping=True)
+        assert [(i, e["type"]) for i, e in events] == [(1, "session.created"),
+                                                       (2, "session.updated")]
+        assert events[1][1]["session"]["config"]["temperature"] == 0.5  # type: ignore[index]
+        assert pinged
+        resumed, _ = await read_events(1, s.auth | {"Last-Event-ID": "1"})
+        assert [i for i, _ in resumed] == [2]
+
+        r = await client.post(s.urls["events"], headers=s.auth,
+                              json=[{"type": "session.update", "session": {"voice": "joe"}},
+                                    {"type": "input_audio_buffer.clear"}])
+        assert (r.status_code, r.json()) == (200, {"accepted": 2})
+        r = await client.post(s.urls["events"], headers=s.auth, json={"type": "no.such.event"})
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "unknown_event_type")
+        r = await client.post(s.urls["events"], headers=s.auth,
+                              json={"type": "session.update", "session": {"temperature": "hot"}})
+        assert (r.status_code, r.json()["error"]["param"]) == (422, "temperature")
+        tail, _ = await read_events(4, s.auth | {"Last-Event-ID": "2"})
+        assert [e["type"] for _, e in tail] == ["session.updated", "input_audio_buffer.cleared",
+                                                "error", "error"]
+        assert tail[2][1]["error"]["code"] == "unknown_event_type"  # type: ignore[index]
+        # id 1 has left the 4-event replay window: the stream says so, then carries on
+        old, _ = await read_events(5, s.auth | {"Last-Event-ID": "0"})
+        assert old[0][0] is None and old[0][1]["type"] == "error"
+        assert old[0][1]["error"]["code"] == "event_replay_unavailable"  # type: ignore[index]
+        assert [i for i, _ in old[1:]] == [3, 4, 5, 6]
