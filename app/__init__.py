@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from quart import Response, has_request_context, request
 from quart_trio import QuartTrio
@@ -44,7 +43,7 @@ class BacklogBody(TrioBody):
     against its own per-request limits instead.
     """
 
-    def __init__(self, expected_content_length: int | None, max_content_length: int | None):
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
         super().__init__(None, max_content_length)
 
 
@@ -76,7 +75,7 @@ def _close_if_body_unread(response: Response) -> Response:
 
 def create_app(config: ServerConfig | None = None) -> QuartTrio:
     """Build the application. Sessions start when the app starts serving."""
-    from app.routes import audio, events, health, sessions  # noqa: PLC0415 (routes → app)
+    from app.routes import audio, events, health, sessions
 
     config = config or ServerConfig()
     app = QuartTrio("voxwire", static_folder=None)
@@ -113,5 +112,3 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
     for bp in (sessions.bp, audio.bp, events.bp, health.bp):
         app.register_blueprint(bp)
     return app
-
-

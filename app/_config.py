@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from app._errors import ApiError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 SUPPORTED_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 RESPONDERS = ("echo", "llm", "none", "loopback")

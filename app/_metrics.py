@@ -12,9 +12,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.sessions = Gauge("voxwire_sessions", "Sessions alive now", registry=r)
-        self.sessions_created = Counter(
-            "voxwire_sessions_created", "Sessions created", registry=r
-        )
+        self.sessions_created = Counter("voxwire_sessions_created", "Sessions created", registry=r)
         self.sessions_reaped = Counter(
             "voxwire_sessions_reaped", "Idle sessions ended by the reaper", registry=r
         )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import trio
 
-from app._metrics import Metrics
 from audio import Pacer, PlayoutBuffer, Samples, pcm16_bytes, streaming_wav_header
+
+if TYPE_CHECKING:
+    from app._metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import trio
 
-from app._config import ServerConfig, SessionConfig
 from app._errors import ApiError, not_found
-from app._metrics import Metrics
 from app._session import Session
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from app._config import ServerConfig, SessionConfig
+    from app._metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +62,17 @@ class SessionRegistry:
         if self._nursery is None or self.draining:
             self._metrics.sessions_rejected.inc()
             raise ApiError(
-                503, "server_unavailable", "the server is not accepting new sessions",
-                error_type="server_error", headers={"Retry-After": "5"},
+                503,
+                "server_unavailable",
+                "the server is not accepting new sessions",
+                error_type="server_error",
+                headers={"Retry-After": "5"},
             )
         if len(self._sessions) >= self._config.max_sessions:
             self._metrics.sessions_rejected.inc()
             raise ApiError(
-                503, "too_many_sessions",
+                503,
+                "too_many_sessions",
                 f"the server holds its maximum of {self._config.max_sessions} sessions",
                 error_type="server_error",
                 headers={"Retry-After": str(max(1, int(self._config.reap_interval_s)))},

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from quart_trio import QuartTrio
 
-from app._config import ServerConfig
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from quart_trio import QuartTrio
+
+    from app._config import ServerConfig
 
 log = logging.getLogger(__name__)
 

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import trio
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app._config import ServerConfig, SessionConfig, validate_session_config
 from app._errors import ApiError
 from app._events import EventLog
-from app._metrics import Metrics
 from app._playout import Playout, Reader
 from audio import AudioChunk, Framer, PcmDecoder, StreamResampler
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+
+    import numpy as np
+
+    from app._metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +202,9 @@ class Session:
         limit = srv.max_upload_request_bytes if sequence is None else srv.max_sequenced_upload_bytes
         if content_length is not None and content_length > limit:
             raise ApiError(
-                413, "upload_too_large", f"upload bodies are limited to {limit} bytes",
+                413,
+                "upload_too_large",
+                f"upload bodies are limited to {limit} bytes",
                 param="Content-Length",
             )
         acquired = False
@@ -207,7 +213,9 @@ class Session:
             acquired = True
         if not acquired:
             raise ApiError(
-                409, "upload_in_progress", "another upload to this session is still running",
+                409,
+                "upload_in_progress",
+                "another upload to this session is still running",
                 headers={"Retry-After": str(srv.retry_after_s)},
             )
         try:
@@ -224,7 +232,9 @@ class Session:
             self._decoder_format = fmt
         return self._decoder
 
-    async def _read_chunks(self, body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    async def _read_chunks(
+        self, body: AsyncIterator[bytes], limit: int
+    ) -> AsyncGenerator[bytes, None]:
         total = 0
         while True:
             with trio.move_on_after(self._server.upload_idle_timeout_s) as idle:
@@ -234,24 +244,29 @@ class Session:
                     return
                 except RequestEntityTooLarge:
                     raise ApiError(
-                        413, "upload_backlog_exceeded",
+                        413,
+                        "upload_backlog_exceeded",
                         "request body arrived faster than it could be consumed",
                     ) from None
             if idle.cancelled_caught:
                 raise ApiError(
-                    408, "upload_idle_timeout",
+                    408,
+                    "upload_idle_timeout",
                     f"no body data for {self._server.upload_idle_timeout_s:g} s",
                 )
             total += len(chunk)
             if total > limit:
-                raise ApiError(413, "upload_too_large", f"upload bodies are limited to {limit} bytes")
+                raise ApiError(
+                    413, "upload_too_large", f"upload bodies are limited to {limit} bytes"
+                )
             yield chunk
 
     def _check_session_cap(self, new_samples: int, rate: int) -> None:
         in_s = self.stats.frames * FRAME_SAMPLES / PIPELINE_RATE + new_samples / rate
         if in_s > self._server.max_session_audio_s:
             raise ApiError(
-                413, "session_audio_limit",
+                413,
+                "session_audio_limit",
                 f"a session accepts at most {self._server.max_session_audio_s:g} s of audio",
             )
 
@@ -266,7 +281,9 @@ class Session:
         self.stats.throttled += 1
         self._metrics.upload_throttled.inc()
         raise ApiError(
-            429, "upload_backpressure", "the session is not keeping up; retry shortly",
+            429,
+            "upload_backpressure",
+            "the session is not keeping up; retry shortly",
             error_type="rate_limit_error",
             headers={"Retry-After": str(self._server.retry_after_s)},
         )
@@ -301,7 +318,9 @@ class Session:
         expected = self._next_sequence
         if sequence > expected:
             raise ApiError(
-                409, "sequence_gap", f"expected X-Sequence {expected}, got {sequence}",
+                409,
+                "sequence_gap",
+                f"expected X-Sequence {expected}, got {sequence}",
                 param="X-Sequence",
             )
         data = bytearray()
@@ -371,4 +390,3 @@ class Session:
     def note_bytes_out(self, n: int) -> None:
         self.stats.bytes_out += n
         self._metrics.bytes_out.inc(n)
-

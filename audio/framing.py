@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from audio.pcm import Samples
+if TYPE_CHECKING:
+    from audio.pcm import Samples
 
 
 class Framer:

@@ -7,10 +7,12 @@ one frame from :class:`PlayoutBuffer` (silence when it is empty) and hands it to
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from audio.pcm import Samples
+if TYPE_CHECKING:
+    from audio.pcm import Samples
 
 
 class PlayoutBuffer:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import soxr
 
-from audio.pcm import Samples
+if TYPE_CHECKING:
+    from audio.pcm import Samples
 
 
 class StreamResampler:
@@ -30,5 +33,8 @@ class StreamResampler:
         """Resample ``samples``; ``last=True`` flushes the filter's tail."""
         if self._stream is None:
             return samples
-        out = self._stream.resample_chunk(samples.astype(np.float32), last=last)
-        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        out = np.asarray(
+            self._stream.resample_chunk(samples.astype(np.float32), last=last), dtype=np.float32
+        )
+        result: Samples = np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -13,7 +13,9 @@ import pytest
 import trio
 
 from app import ServerConfig, create_app, serve
-from app._registry import SessionRegistry
+
+if TYPE_CHECKING:
+    from app._registry import SessionRegistry
 
 
 @dataclass

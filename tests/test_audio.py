@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -65,7 +66,7 @@ _SIGNAL = (np.random.default_rng(7).standard_normal(9000) * 4000).astype("<i2").
 )
 def test_any_chunk_split_yields_identical_frames(cuts: list[int], rate: int) -> None:
     bounds = [0, *sorted(cuts), len(_SIGNAL)]
-    chunks = [_SIGNAL[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    chunks = [_SIGNAL[a:b] for a, b in itertools.pairwise(bounds)]
     whole = _pipeline([_SIGNAL], rate)
     split = _pipeline(chunks, rate)
     assert len(whole) > 0
@@ -92,8 +93,10 @@ def test_resampler_keeps_a_tone() -> None:
 def test_streaming_wav_header_is_readable() -> None:
     header = streaming_wav_header(24000)
     assert len(header) == WAV_HEADER_BYTES
-    assert header[:4] == b"RIFF" and header[8:16] == b"WAVEfmt "
-    assert header[4:8] == b"\xff\xff\xff\xff" and header[40:44] == b"\xff\xff\xff\xff"
+    assert header[:4] == b"RIFF"
+    assert header[8:16] == b"WAVEfmt "
+    assert header[4:8] == b"\xff\xff\xff\xff"
+    assert header[40:44] == b"\xff\xff\xff\xff"
     pcm = np.arange(-500, 500, dtype="<i2")
     data, rate = sf.read(io.BytesIO(header + pcm.tobytes()), dtype="int16")
     assert rate == 24000
@@ -104,14 +107,18 @@ def test_playout_buffer_pads_and_flushes() -> None:
     buf = PlayoutBuffer(1000)
     buf.push(np.full(300, 5, dtype=np.int16))
     frame, real = buf.pull(200)
-    assert real == 200 and set(frame.tolist()) == {5}
+    assert real == 200
+    assert set(frame.tolist()) == {5}
     frame, real = buf.pull(200)
-    assert real == 100 and frame[:100].tolist() == [5] * 100 and frame[100:].tolist() == [0] * 100
+    assert real == 100
+    assert frame[:100].tolist() == [5] * 100
+    assert frame[100:].tolist() == [0] * 100
     buf.push(np.ones(900, dtype=np.int16))
     with pytest.raises(OverflowError):
         buf.push(np.ones(101, dtype=np.int16))
     assert buf.flush() == 900
-    assert buf.queued == 0 and buf.space == 1000
+    assert buf.queued == 0
+    assert buf.space == 1000
 
 
 def test_pacer_schedule() -> None:

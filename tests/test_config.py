@@ -51,7 +51,10 @@ def test_partial_config_merges_over_defaults() -> None:
     assert cfg.temperature == 1.0
     assert cfg.responder == "none"
     assert validate_session_config({"turn_detection": None}).turn_detection is None
-    assert validate_session_config({"max_response_output_tokens": "inf"}).max_response_output_tokens == 4096
+    assert (
+        validate_session_config({"max_response_output_tokens": "inf"}).max_response_output_tokens
+        == 4096
+    )
 
 
 def test_rates_are_fixed_after_creation() -> None:

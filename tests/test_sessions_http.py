@@ -12,8 +12,10 @@ from tests.conftest import Running, StartServer, create_session
 async def test_create_returns_id_token_config_urls(client: httpx.AsyncClient) -> None:
     a = await create_session(client, responder="none", input_sample_rate=24000)
     b = await create_session(client)
-    assert a.id != b.id and a.token != b.token
-    assert a.id.startswith("sess_") and len(a.id) - 5 >= 22  # >= 128 bits of base64url
+    assert a.id != b.id
+    assert a.token != b.token
+    assert a.id.startswith("sess_")
+    assert len(a.id) - 5 >= 22
     assert len(a.token) >= 43
     assert a.body["config"]["input_sample_rate"] == 24000
     assert a.body["config"]["responder"] == "none"
@@ -54,7 +56,8 @@ async def test_same_404_for_unknown_wrong_token_deleted_and_expired(
             replies.append((r.status_code, r.content))
         assert {status for status, _ in replies} == {404}
         assert len({body for _, body in replies}) == 1
-        assert replies[0][1] and b'"session_not_found"' in replies[0][1]
+        assert replies[0][1]
+        assert b'"session_not_found"' in replies[0][1]
         r = await client.get(live.urls["session"], headers=live.auth)
         assert r.status_code == 200
 
@@ -90,8 +93,9 @@ async def test_api_key_guards_creation_and_monitoring(start_server: StartServer)
 async def test_bad_config_is_422_naming_param(
     client: httpx.AsyncClient, raw: bytes, param: str
 ) -> None:
-    r = await client.post("/api/sessions", content=raw,
-                          headers={"Content-Type": "application/json"})
+    r = await client.post(
+        "/api/sessions", content=raw, headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 422
     body = r.json()
     assert body["type"] == "error"
@@ -100,15 +104,20 @@ async def test_bad_config_is_422_naming_param(
 
 
 async def test_bad_bodies(client: httpx.AsyncClient, server: Running) -> None:
-    r = await client.post("/api/sessions", content=b"{nope",
-                          headers={"Content-Type": "application/json"})
+    r = await client.post(
+        "/api/sessions", content=b"{nope", headers={"Content-Type": "application/json"}
+    )
     assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json")
-    r = await client.post("/api/sessions", content=b"x=1",
-                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = await client.post(
+        "/api/sessions",
+        content=b"x=1",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 415
     big = b'{"instructions": "' + b"a" * server.config.max_json_bytes + b'"}'
-    r = await client.post("/api/sessions", content=big,
-                          headers={"Content-Type": "application/json"})
+    r = await client.post(
+        "/api/sessions", content=big, headers={"Content-Type": "application/json"}
+    )
     assert (r.status_code, r.json()["error"]["code"]) == (413, "body_too_large")
 
     async def chunked() -> object:
@@ -118,19 +127,26 @@ async def test_bad_bodies(client: httpx.AsyncClient, server: Running) -> None:
         yield b'"}'
 
     gen = chunked()
-    r = await client.post("/api/sessions", content=gen,  # type: ignore[arg-type]
-                          headers={"Content-Type": "application/json"})
+    r = await client.post(
+        "/api/sessions",
+        content=gen,  # type: ignore[arg-type]
+        headers={"Content-Type": "application/json"},
+    )
     await gen.aclose()  # type: ignore[attr-defined]  # the server may answer before the end
     assert r.status_code == 413
     assert len(server.registry) == 0
     r = await client.get("/api/nothing-here")
-    assert r.status_code == 404 and r.json()["type"] == "error"
+    assert r.status_code == 404
+    assert r.json()["type"] == "error"
 
 
 async def test_patch_updates_and_rejects_fixed_keys(client: httpx.AsyncClient) -> None:
     s = await create_session(client)
-    r = await client.patch(s.urls["session"], headers=s.auth,
-                           json={"instructions": "Be brief.", "turn_detection": None})
+    r = await client.patch(
+        s.urls["session"],
+        headers=s.auth,
+        json={"instructions": "Be brief.", "turn_detection": None},
+    )
     assert r.status_code == 200
     assert r.json()["config"]["instructions"] == "Be brief."
     assert r.json()["config"]["turn_detection"] is None
@@ -171,8 +187,12 @@ async def test_health_ready_metrics_and_page(client: httpx.AsyncClient) -> None:
     text = (await client.get("/metrics")).text
     assert "voxwire_sessions 1.0" in text
     assert "voxwire_sessions_created_total 1.0" in text
-    for name in ("voxwire_audio_in_bytes_total", "voxwire_upload_throttled_total",
-                 "voxwire_stream_underruns_total"):
+    for name in (
+        "voxwire_audio_in_bytes_total",
+        "voxwire_upload_throttled_total",
+        "voxwire_stream_underruns_total",
+    ):
         assert name in text
     page = await client.get("/")
-    assert page.status_code == 200 and "voxwire" in page.text
+    assert page.status_code == 200
+    assert "voxwire" in page.text

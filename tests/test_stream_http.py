@@ -6,7 +6,6 @@ import io
 import json
 
 import httpx
-import numpy as np
 import soundfile as sf
 import trio
 
@@ -30,7 +29,9 @@ async def test_stream_headers_header_and_prelude_arrive_at_once(
             first = await r.aiter_raw().__anext__()
     # One write: the 44-byte header plus >= 1 KiB of silence (lead 100 ms at 24 kHz).
     assert len(first) >= 44 + 1024
-    assert first[:4] == b"RIFF" and first[4:8] == b"\xff" * 4 and first[40:44] == b"\xff" * 4
+    assert first[:4] == b"RIFF"
+    assert first[4:8] == b"\xff" * 4
+    assert first[40:44] == b"\xff" * 4
     assert set(first[44:]) == {0}
 
 
@@ -44,7 +45,9 @@ async def test_saved_stream_is_a_readable_wav_with_query_token(client: httpx.Asy
                 if len(data) >= 44 + 16000:
                     break
     audio, rate = sf.read(io.BytesIO(data[: 44 + 16000]), dtype="int16")
-    assert rate == 16000 and len(audio) == 8000 and not audio.any()
+    assert rate == 16000
+    assert len(audio) == 8000
+    assert not audio.any()
 
 
 async def test_stream_outlives_quart_response_timeout(start_server: StartServer) -> None:
@@ -108,7 +111,7 @@ async def test_vanished_reader_frees_its_tasks_within_a_second(
                 assert count_tasks() > baseline
         closed_at = trio.current_time()  # the client's socket is closed here
         with trio.fail_after(1.0):
-            while session.open_requests or count_tasks() != baseline:
+            while session.open_requests or count_tasks() != baseline:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         assert trio.current_time() - closed_at < 1.0
         assert not session.playout.has_reader
@@ -120,8 +123,9 @@ async def test_events_stream_resume_ping_and_client_events(start_server: StartSe
         s = await create_session(client)
         await client.patch(s.urls["session"], headers=s.auth, json={"temperature": 0.5})
 
-        async def read_events(n: int, headers: dict[str, str], want_ping: bool = False
-                              ) -> tuple[list[tuple[int | None, dict[str, object]]], bool]:
+        async def read_events(
+            n: int, headers: dict[str, str], want_ping: bool = False
+        ) -> tuple[list[tuple[int | None, dict[str, object]]], bool]:
             out: list[tuple[int | None, dict[str, object]]] = []
             pinged = False
             event_id: int | None = None
@@ -141,28 +145,43 @@ async def test_events_stream_resume_ping_and_client_events(start_server: StartSe
             return out, pinged
 
         events, pinged = await read_events(2, s.auth, want_ping=True)
-        assert [(i, e["type"]) for i, e in events] == [(1, "session.created"),
-                                                       (2, "session.updated")]
+        assert [(i, e["type"]) for i, e in events] == [
+            (1, "session.created"),
+            (2, "session.updated"),
+        ]
         assert events[1][1]["session"]["config"]["temperature"] == 0.5  # type: ignore[index]
         assert pinged
         resumed, _ = await read_events(1, s.auth | {"Last-Event-ID": "1"})
         assert [i for i, _ in resumed] == [2]
 
-        r = await client.post(s.urls["events"], headers=s.auth,
-                              json=[{"type": "session.update", "session": {"voice": "joe"}},
-                                    {"type": "input_audio_buffer.clear"}])
+        r = await client.post(
+            s.urls["events"],
+            headers=s.auth,
+            json=[
+                {"type": "session.update", "session": {"voice": "joe"}},
+                {"type": "input_audio_buffer.clear"},
+            ],
+        )
         assert (r.status_code, r.json()) == (200, {"accepted": 2})
         r = await client.post(s.urls["events"], headers=s.auth, json={"type": "no.such.event"})
         assert (r.status_code, r.json()["error"]["code"]) == (400, "unknown_event_type")
-        r = await client.post(s.urls["events"], headers=s.auth,
-                              json={"type": "session.update", "session": {"temperature": "hot"}})
+        r = await client.post(
+            s.urls["events"],
+            headers=s.auth,
+            json={"type": "session.update", "session": {"temperature": "hot"}},
+        )
         assert (r.status_code, r.json()["error"]["param"]) == (422, "temperature")
         tail, _ = await read_events(4, s.auth | {"Last-Event-ID": "2"})
-        assert [e["type"] for _, e in tail] == ["session.updated", "input_audio_buffer.cleared",
-                                                "error", "error"]
+        assert [e["type"] for _, e in tail] == [
+            "session.updated",
+            "input_audio_buffer.cleared",
+            "error",
+            "error",
+        ]
         assert tail[2][1]["error"]["code"] == "unknown_event_type"  # type: ignore[index]
         # id 1 has left the 4-event replay window: the stream says so, then carries on
         old, _ = await read_events(5, s.auth | {"Last-Event-ID": "0"})
-        assert old[0][0] is None and old[0][1]["type"] == "error"
+        assert old[0][0] is None
+        assert old[0][1]["type"] == "error"
         assert old[0][1]["error"]["code"] == "event_replay_unavailable"  # type: ignore[index]
         assert [i for i, _ in old[1:]] == [3, 4, 5, 6]

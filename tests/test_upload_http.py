@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -11,15 +11,16 @@ import trio
 
 from tests.conftest import Running, SessionHandle, StartServer, create_session, tone
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
-async def read_nonsilent(
-    client: httpx.AsyncClient, s: SessionHandle, n: int, *, timeout: float = 10
-) -> np.ndarray:
+
+async def read_nonsilent(client: httpx.AsyncClient, s: SessionHandle, n: int) -> np.ndarray:
     """Read the loopback stream until ``n`` non-zero samples have come back."""
     got: list[np.ndarray] = []
     count = 0
     buf = b""
-    with trio.fail_after(timeout):
+    with trio.fail_after(10):
         async with client.stream("GET", s.urls["stream_audio"], headers=s.auth) as r:
             assert r.status_code == 200
             async for chunk in r.aiter_raw():
@@ -38,10 +39,14 @@ async def read_nonsilent(
     return np.concatenate(got)[:n]
 
 
-async def upload(client: httpx.AsyncClient, s: SessionHandle, data: bytes | AsyncIterator[bytes],
-                 **headers: str) -> httpx.Response:
-    return await client.post(s.urls["upload_audio"], content=data,  # type: ignore[arg-type]
-                             headers=s.auth | headers)
+async def upload(
+    client: httpx.AsyncClient, s: SessionHandle, data: bytes | AsyncIterator[bytes], **headers: str
+) -> httpx.Response:
+    return await client.post(
+        s.urls["upload_audio"],
+        content=data,  # type: ignore[arg-type]
+        headers=s.auth | headers,
+    )
 
 
 async def test_short_posts_with_odd_sizes_loop_back_exactly(client: httpx.AsyncClient) -> None:
@@ -82,16 +87,24 @@ async def test_l16_big_endian_is_accepted_and_swapped(client: httpx.AsyncClient)
 
         nursery.start_soon(reader)
         await trio.sleep(0.2)
-        r = await upload(client, s, signal.astype(">i2").tobytes(),
-                         **{"Content-Type": "audio/L16; rate=16000; channels=1"})
+        r = await upload(
+            client,
+            s,
+            signal.astype(">i2").tobytes(),
+            **{"Content-Type": "audio/L16; rate=16000; channels=1"},
+        )
         assert r.status_code == 204
     assert np.array_equal(result[0], signal[: 6 * 512])
 
 
 async def test_l16_at_another_rate_is_resampled(client: httpx.AsyncClient, server: Running) -> None:
     s = await create_session(client, responder="none")
-    r = await upload(client, s, tone(1.0, rate=48000).astype(">i2").tobytes(),
-                     **{"Content-Type": "audio/L16;rate=48000"})
+    r = await upload(
+        client,
+        s,
+        tone(1.0, rate=48000).astype(">i2").tobytes(),
+        **{"Content-Type": "audio/L16;rate=48000"},
+    )
     assert r.status_code == 204
     with trio.fail_after(5):
         while True:
@@ -104,8 +117,15 @@ async def test_l16_at_another_rate_is_resampled(client: httpx.AsyncClient, serve
 
 @pytest.mark.parametrize(
     "content_type",
-    ["text/plain", "audio/wav", "audio/L16", "audio/L16;rate=12345", "audio/L16;rate=16000;channels=2",
-     "audio/pcm;rate=abc", "multipart/form-data; boundary=x"],
+    [
+        "text/plain",
+        "audio/wav",
+        "audio/L16",
+        "audio/L16;rate=12345",
+        "audio/L16;rate=16000;channels=2",
+        "audio/pcm;rate=abc",
+        "multipart/form-data; boundary=x",
+    ],
 )
 async def test_wrong_content_type_is_415_before_the_body(
     client: httpx.AsyncClient, content_type: str
@@ -133,7 +153,10 @@ async def test_sequences_are_idempotent_and_gaps_reported(client: httpx.AsyncCli
         assert (r.status_code, r.headers["X-Acked-Sequence"]) == (204, str(seq))
     r = await upload(client, s, chunk, **{"X-Sequence": "1"})  # a retry
     assert (r.status_code, r.headers["X-Acked-Sequence"], r.headers["X-Accepted-Bytes"]) == (
-        204, "1", "0")
+        204,
+        "1",
+        "0",
+    )
     r = await upload(client, s, chunk, **{"X-Sequence": "3"})
     assert r.status_code == 409
     assert r.json()["error"]["code"] == "sequence_gap"
@@ -193,8 +216,11 @@ async def test_backpressure_waits_then_429_without_losing_accepted_audio(
     start_server: StartServer,
 ) -> None:
     server = await start_server(
-        playout_max_s=0.2, ingest_queue_chunks=1, frame_queue_frames=1,
-        upload_backpressure_timeout_s=0.3, retry_after_s=2,
+        playout_max_s=0.2,
+        ingest_queue_chunks=1,
+        frame_queue_frames=1,
+        upload_backpressure_timeout_s=0.3,
+        retry_after_s=2,
     )
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         s = await create_session(client, responder="loopback")

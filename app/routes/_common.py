@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quart import current_app, request
 
-from app._config import ServerConfig
 from app._errors import ApiError
-from app._metrics import Metrics
-from app._registry import SessionRegistry
-from app._session import Session
+
+if TYPE_CHECKING:
+    from app._config import ServerConfig
+    from app._metrics import Metrics
+    from app._registry import SessionRegistry
+    from app._session import Session
 
 
 def server_config() -> ServerConfig:
@@ -47,7 +49,9 @@ def require_api_key() -> None:
     given = bearer_token() or ""
     if not secrets.compare_digest(key.encode(), given.encode()):
         raise ApiError(
-            401, "invalid_api_key", "a valid API key is required",
+            401,
+            "invalid_api_key",
+            "a valid API key is required",
             error_type="authentication_error",
             headers={"WWW-Authenticate": 'Bearer realm="voxwire"'},
         )
@@ -73,9 +77,7 @@ async def json_body(*, allow_empty: bool = True) -> Any:
         raise ApiError(413, "body_too_large", f"JSON bodies are limited to {limit} bytes")
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json":
-        raise ApiError(
-            415, "unsupported_media_type", "send application/json", param="Content-Type"
-        )
+        raise ApiError(415, "unsupported_media_type", "send application/json", param="Content-Type")
     data = bytearray()
     async for chunk in request.body:
         data += chunk

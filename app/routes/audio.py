@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from quart import Blueprint, Response, jsonify, request
 from werkzeug.http import parse_options_header
@@ -11,6 +11,9 @@ from app._config import SUPPORTED_RATES
 from app._errors import ApiError
 from app._session import PcmFormat
 from app.routes._common import authorised_session
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 bp = Blueprint("audio", __name__)
 
@@ -70,8 +73,9 @@ def _sequence() -> int | None:
     except ValueError:
         value = -1
     if value < 0 or value > 2**62:
-        raise ApiError(400, "invalid_sequence", "X-Sequence must be an integer >= 0",
-                       param="X-Sequence")
+        raise ApiError(
+            400, "invalid_sequence", "X-Sequence must be an integer >= 0", param="X-Sequence"
+        )
     return value
 
 
@@ -80,8 +84,9 @@ async def upload_audio(session_id: str) -> Response:
     session = authorised_session(session_id)
     with session.request():
         # Decided from the headers alone, before any of the body is read.
-        fmt = parse_pcm_format(request.headers.get("Content-Type"),
-                               session.config.input_sample_rate)
+        fmt = parse_pcm_format(
+            request.headers.get("Content-Type"), session.config.input_sample_rate
+        )
         sequence = _sequence()
         result = await session.upload(
             request.body, fmt, sequence=sequence, content_length=request.content_length

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from quart import Blueprint, Response, jsonify, request
 
 from app._errors import ApiError
-from app._events import ServerEvent
 from app.routes._common import authorised_session, json_body, server_config
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from app._events import ServerEvent
 
 bp = Blueprint("events", __name__)
 
@@ -38,8 +41,10 @@ def format_sse(event: ServerEvent) -> bytes:
 
 
 def _error_frame(code: str, message: str) -> bytes:
-    payload = {"type": "error", "error": {"type": "invalid_request_error", "code": code,
-                                          "message": message, "param": None}}
+    payload = {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "code": code, "message": message, "param": None},
+    }
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
@@ -52,8 +57,12 @@ def _last_event_id() -> int | None:
     except ValueError:
         value = -1
     if value < 0:
-        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an integer >= 0",
-                       param="Last-Event-ID")
+        raise ApiError(
+            400,
+            "invalid_last_event_id",
+            "Last-Event-ID must be an integer >= 0",
+            param="Last-Event-ID",
+        )
     return value
 
 
@@ -88,8 +97,7 @@ async def events_stream(session_id: str) -> Response:
                 if idle.cancelled_caught:
                     yield b": ping\n\n"
 
-    response = Response(body(), status=200, content_type="text/event-stream",
-                        headers=SSE_HEADERS)
+    response = Response(body(), status=200, content_type="text/event-stream", headers=SSE_HEADERS)
     response.timeout = None
     return response
 
@@ -97,21 +105,30 @@ async def events_stream(session_id: str) -> Response:
 def _validate_client_event(event: Any, index: int) -> dict[str, Any]:
     param = f"[{index}]"
     if not isinstance(event, dict):
-        raise ApiError(400, "invalid_event", "each client event must be a JSON object",
-                       param=param)
+        raise ApiError(400, "invalid_event", "each client event must be a JSON object", param=param)
     kind = event.get("type")
     if not isinstance(kind, str):
-        raise ApiError(400, "invalid_event", "client events need a string 'type'",
-                       param=f"{param}.type")
+        raise ApiError(
+            400, "invalid_event", "client events need a string 'type'", param=f"{param}.type"
+        )
     if kind in PENDING_CLIENT_EVENTS:
-        raise ApiError(400, "event_not_supported",
-                       f"{kind} is not supported by this server yet", param=f"{param}.type")
+        raise ApiError(
+            400,
+            "event_not_supported",
+            f"{kind} is not supported by this server yet",
+            param=f"{param}.type",
+        )
     if kind not in SUPPORTED_CLIENT_EVENTS:
-        raise ApiError(400, "unknown_event_type", f"unknown client event type {kind!r}",
-                       param=f"{param}.type")
+        raise ApiError(
+            400, "unknown_event_type", f"unknown client event type {kind!r}", param=f"{param}.type"
+        )
     if kind == "session.update" and not isinstance(event.get("session"), dict):
-        raise ApiError(400, "invalid_event", "session.update needs a 'session' object",
-                       param=f"{param}.session")
+        raise ApiError(
+            400,
+            "invalid_event",
+            "session.update needs a 'session' object",
+            param=f"{param}.session",
+        )
     return event
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, jsonify, send_file
 
 from app._errors import ApiError
 from app.routes._common import metrics, registry
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 bp = Blueprint("health", __name__)
 
@@ -21,8 +24,13 @@ async def healthz() -> Response:
 @bp.get("/readyz")
 async def readyz() -> Response:
     if registry().draining:
-        raise ApiError(503, "draining", "the server is shutting down",
-                       error_type="server_error", headers={"Retry-After": "5"})
+        raise ApiError(
+            503,
+            "draining",
+            "the server is shutting down",
+            error_type="server_error",
+            headers={"Retry-After": "5"},
+        )
     return jsonify({"status": "ready", "sessions": len(registry())})
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, Response, jsonify
 
 from app._config import validate_session_config
-from app._session import Session
 from app.routes._common import (
     authorised_session,
     json_body,
@@ -15,6 +14,9 @@ from app.routes._common import (
     require_api_key,
     server_config,
 )
+
+if TYPE_CHECKING:
+    from app._session import Session
 
 bp = Blueprint("sessions", __name__)
 
@@ -34,9 +36,7 @@ def _urls(session: Session) -> dict[str, str]:
 async def create_session() -> tuple[Response, int]:
     require_api_key()
     data = await json_body()
-    base = validate_session_config(
-        {"responder": server_config().default_responder}
-    )
+    base = validate_session_config({"responder": server_config().default_responder})
     config = validate_session_config(data, base)
     session = await registry().create(config)
     body: dict[str, Any] = {
