@@ -136,6 +136,7 @@ async def test_wrong_content_type_is_415_before_the_body(
     assert r.json()["error"]["param"] == "Content-Type"
     info = (await client.get(s.urls["session"], headers=s.auth)).json()
     assert info["stats"]["bytes_in"] == 0
+    assert 'voxwire_upload_rejected_total{status="415"} 1.0' in (await client.get("/metrics")).text
 
 
 async def test_empty_body_is_a_noop(client: httpx.AsyncClient) -> None:

@@ -10,7 +10,7 @@ from werkzeug.http import parse_options_header
 from app._config import SUPPORTED_RATES
 from app._errors import ApiError
 from app._session import PcmFormat
-from app.routes._common import authorised_session
+from app.routes._common import authorised_session, metrics
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -83,14 +83,17 @@ def _sequence() -> int | None:
 async def upload_audio(session_id: str) -> Response:
     session = authorised_session(session_id)
     with session.request():
-        # Decided from the headers alone, before any of the body is read.
-        fmt = parse_pcm_format(
-            request.headers.get("Content-Type"), session.config.input_sample_rate
-        )
-        sequence = _sequence()
-        result = await session.upload(
-            request.body, fmt, sequence=sequence, content_length=request.content_length
-        )
+        try:
+            # Decided from the headers alone, before any of the body is read.
+            fmt = parse_pcm_format(
+                request.headers.get("Content-Type"), session.config.input_sample_rate
+            )
+            result = await session.upload(
+                request.body, fmt, sequence=_sequence(), content_length=request.content_length
+            )
+        except ApiError as error:
+            metrics().upload_rejected.labels(str(error.status)).inc()
+            raise
         response = Response("", status=204)
         response.headers["X-Accepted-Bytes"] = str(result.accepted_bytes)
         if result.acked_sequence is not None:
