@@ -1,0 +1,68 @@
+"""Silero VAD v6 (ONNX) from the faster-whisper wheel, run with onnxruntime directly.
+
+Blocking code: call :meth:`SileroVad.prob` from a worker thread. The ``InferenceSession`` is
+shared by every session in the process; the recurrent state lives in :class:`VadState`,
+one per session.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+FRAME_SAMPLES = 512
+CONTEXT_SAMPLES = 64
+SAMPLE_RATE = 16000
+
+
+def default_model_path() -> Path:
+    """``faster_whisper/assets/silero_vad_v6.onnx``, shipped inside the faster-whisper wheel."""
+    import faster_whisper
+
+    return Path(os.path.dirname(faster_whisper.__file__)) / "assets" / "silero_vad_v6.onnx"
+
+
+@dataclass(slots=True)
+class VadState:
+    """Per-stream model state: LSTM ``h``/``c`` and the last 64 samples of context."""
+
+    h: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((1, 1, 128), np.float32))
+    c: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((1, 1, 128), np.float32))
+    context: npt.NDArray[np.float32] = field(
+        default_factory=lambda: np.zeros(CONTEXT_SAMPLES, np.float32)
+    )
+
+    def reset(self) -> None:
+        self.h[:] = 0
+        self.c[:] = 0
+        self.context[:] = 0
+
+
+class SileroVad:
+    """Speech probability per 512-sample frame at 16 kHz."""
+
+    def __init__(self, path: Path | None = None, *, threads: int = 1) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(path or default_model_path()),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+        )
+
+    def prob(self, state: VadState, frame: npt.NDArray[np.int16]) -> float:
+        """Probability that ``frame`` (512 int16 samples) is speech; updates ``state``."""
+        if frame.shape != (FRAME_SAMPLES,):
+            raise ValueError(f"expected {FRAME_SAMPLES} samples, got shape {frame.shape}")
+        audio = frame.astype(np.float32) / 32768.0
+        x = np.concatenate((state.context, audio))[None, :]
+        out, h, c = self._session.run(None, {"input": x, "h": state.h, "c": state.c})
+        state.h, state.c = h, c
+        state.context = audio[-CONTEXT_SAMPLES:].copy()
+        return float(np.asarray(out).reshape(-1)[0])
