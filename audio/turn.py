@@ -64,6 +64,7 @@ class TurnDetector:
         self._candidate_start = 0
         self._run = 0  # samples in the current MAYBE_* run
         self._silence_start = 0
+        self._last_end = 0  # prefix padding never reaches back into the previous turn
 
     def _ms(self, sample: int) -> int:
         return 1000 * sample // self.sample_rate
@@ -104,13 +105,14 @@ class TurnDetector:
         if self._run < self.min_speech_samples:
             return []
         self.state = TurnState.SPEECH
-        begin = max(0, self._candidate_start - self.prefix_samples)
+        begin = max(self._last_end, self._candidate_start - self.prefix_samples)
         return [SpeechStarted(begin, self._ms(begin))]
 
     def _maybe_release(self) -> list[TurnEvent]:
         if self._run < self.silence_samples:
             return []
         self.state = TurnState.SILENCE
+        self._last_end = self._silence_start
         return [SpeechStopped(self._silence_start, self._ms(self._silence_start))]
 
     def force_stop(self) -> list[TurnEvent]:
@@ -118,6 +120,7 @@ class TurnDetector:
         if self.state in (TurnState.SPEECH, TurnState.MAYBE_SILENCE):
             end = self._silence_start if self.state is TurnState.MAYBE_SILENCE else self.position
             self.state = TurnState.SILENCE
+            self._last_end = end
             return [SpeechStopped(end, self._ms(end))]
         self.state = TurnState.SILENCE
         return []
