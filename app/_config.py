@@ -28,7 +28,8 @@ class ServerConfig:
     log_level: str = "info"
     api_key: str | None = None
     # sessions
-    max_sessions: int = 200
+    # measured: one process holds ~30-50 real-time sessions on one core (bench/README.md)
+    max_sessions: int = 40
     session_idle_ttl_s: float = 300.0
     reap_interval_s: float = 5.0
     default_responder: str = "echo"

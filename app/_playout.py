@@ -10,6 +10,8 @@ import trio
 from audio import Pacer, PlayoutBuffer, Samples, pcm16_bytes, streaming_wav_header
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from app._metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class Playout:
         max_s: float,
         reader_queue_ms: int,
         metrics: Metrics,
+        on_reader_dropped: Callable[[], None] = lambda: None,
     ) -> None:
         self.sample_rate = sample_rate
         self.frame_samples = sample_rate * frame_ms // 1000
@@ -52,6 +55,7 @@ class Playout:
         self._buffer = PlayoutBuffer(int(max_s * sample_rate))
         self._reader_capacity = max(1, reader_queue_ms // frame_ms)
         self._metrics = metrics
+        self._on_reader_dropped = on_reader_dropped
         self._reader: Reader | None = None
         self._wake = trio.Event()
         self._space = trio.Event()
@@ -128,8 +132,8 @@ class Playout:
         except trio.WouldBlock:
             reader.dropped_slow = True
             self._metrics.stream_readers_dropped.inc()
-            log.info("stream reader slower than real time: dropped")
             self.detach(reader)
+            self._on_reader_dropped()
 
     async def run(self) -> None:
         """Pace frames forever. Cancellation: the only way it ends."""

@@ -95,6 +95,7 @@ class Session:
             max_s=server.playout_max_s,
             reader_queue_ms=server.reader_queue_ms,
             metrics=metrics,
+            on_reader_dropped=self._reader_dropped,
         )
         self._ingest_send, self._ingest_recv = trio.open_memory_channel[AudioChunk](
             server.ingest_queue_chunks
@@ -386,6 +387,20 @@ class Session:
         """Take over the audio stream: returns the prelude bytes and the new reader."""
         reader = self.playout.attach()
         return self.playout.prelude(), reader
+
+    def _reader_dropped(self) -> None:
+        log.info("session %s: stream_audio reader slower than real time, dropped", self.id)
+        if not self.events.closed:
+            self.events.emit(
+                "error",
+                error={
+                    "type": "invalid_request_error",
+                    "code": "stream_reader_too_slow",
+                    "message": "stream_audio was read slower than real time and was ended; "
+                    "reconnect to resume from live",
+                    "param": None,
+                },
+            )
 
     def note_bytes_out(self, n: int) -> None:
         self.stats.bytes_out += n

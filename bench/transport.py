@@ -25,9 +25,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from http.client import HTTPConnection
 from pathlib import Path
 
 import httpx
@@ -321,6 +323,39 @@ async def run_session(base_url: str, level: Level, setup: trio.Semaphore) -> Non
 # -- measuring --------------------------------------------------------------------------
 
 
+class HealthProbe(threading.Thread):
+    """GET /healthz every ``period`` from a thread of its own, on a keep-alive connection.
+
+    It does not wait for the client's trio loop, so its latency is mostly the server's
+    responsiveness (plus, at worst, a GIL switch interval of 5 ms).
+    """
+
+    def __init__(self, port: int, period: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.period = period
+        self.measuring = threading.Event()
+        self.done = threading.Event()
+        self.latencies: list[float] = []
+        self.failures = 0
+
+    def run(self) -> None:
+        conn = HTTPConnection("127.0.0.1", self.port, timeout=15)
+        while not self.done.is_set():
+            start = time.perf_counter()
+            try:
+                conn.request("GET", "/healthz")
+                conn.getresponse().read()
+                if self.measuring.is_set():
+                    self.latencies.append(time.perf_counter() - start)
+            except (OSError, ValueError):
+                self.failures += 1
+                conn.close()
+                conn = HTTPConnection("127.0.0.1", self.port, timeout=15)
+            self.done.wait(max(0.0, self.period - (time.perf_counter() - start)))
+        conn.close()
+
+
 async def loop_lag(out: list[float], period: float = 0.01) -> None:
     """How late the client's own trio loop wakes up (its saturation shows here)."""
     due = trio.current_time()
@@ -435,16 +470,21 @@ async def run_level(server: Server, n: int, args, baseline_rss: int) -> dict:
                     await loop_lag(lag)
 
             nursery.start_soon(lag_task)
+            health = HealthProbe(server.port)
+            health.start()
             await trio.sleep(args.warmup)
             c0 = await server_counters(probe)
             s_cpu0, c_cpu0 = server.cpu_s(), sum(me.cpu_times()[:2])
             t0 = trio.current_time()
+            health.measuring.set()
             peak_rss = server.rss()
             end = t0 + args.seconds
             while trio.current_time() < end and server.alive():
                 await trio.sleep(min(1.0, end - trio.current_time()))
                 peak_rss = max(peak_rss, server.rss()) if server.alive() else peak_rss
             t1 = trio.current_time()
+            health.measuring.clear()
+            health.done.set()
             alive = server.alive()
             s_cpu1 = server.cpu_s() if alive else s_cpu0
             c_cpu1 = sum(me.cpu_times()[:2])
@@ -470,18 +510,25 @@ async def run_level(server: Server, n: int, args, baseline_rss: int) -> dict:
             rss_per_session_kb=(peak_rss - baseline_rss) / 1024 / max(1, level.ready),
             lag_p99_ms=pct(np.asarray(lag_in) * 1000, 99),
             lag_max_ms=max(lag_in) * 1000 if lag_in else math.nan,
+            health_p50_ms=pct(np.asarray(health.latencies) * 1000, 50),
+            health_p99_ms=pct(np.asarray(health.latencies) * 1000, 99),
+            health_max_ms=max(health.latencies) * 1000 if health.latencies else math.nan,
             server_underruns=delta.get("voxwire_stream_underruns_total", 0),
             server_readers_dropped=delta.get("voxwire_stream_readers_dropped_total", 0),
             server_throttled=delta.get("voxwire_upload_throttled_total", 0),
         )
+        result["sessions_left"] = None
         if alive:
             with trio.move_on_after(20):
                 while True:
-                    ready = (await probe.get("/readyz")).json()
-                    if ready.get("sessions") == 0:
+                    try:
+                        left = (await probe.get("/readyz")).json().get("sessions")
+                    except (httpx.HTTPError, ValueError):
+                        left = None
+                    result["sessions_left"] = left
+                    if left == 0:
                         break
                     await trio.sleep(0.2)
-            result["sessions_left"] = ready.get("sessions")
     log = server.log_since(log_offset)
     result["log_lines"] = {
         "warnings": len(re.findall(r" WARNING ", log)),
@@ -526,6 +573,12 @@ def show_level(r: dict, args) -> None:
         f"{logs['warnings']} warnings, {logs['errors']} errors, {logs['tracebacks']} "
         f"tracebacks{'' if r['server_alive'] else ' | SERVER DIED'}"
     )
+    left = r["sessions_left"]
+    print(
+        f"          /healthz from a probe thread ms p50 {r['health_p50_ms']:.1f}  p99 "
+        f"{r['health_p99_ms']:.1f}  max {r['health_max_ms']:.1f}"
+        + ("" if left == 0 else f" | sessions left after cleanup: {left}")
+    )
     print(
         f"  client  CPU {r['client_cpu_pct']:.0f}% | own loop lag p99 {r['lag_p99_ms']:.1f} "
         f"ms, max {r['lag_max_ms']:.1f} ms"
@@ -535,18 +588,20 @@ def show_level(r: dict, args) -> None:
 
 def show_table(results: list[dict]) -> None:
     print(
-        "\n| sessions | gap p50 / p99 / max (ms) | stalls | POST p50 / p99 (ms) | POSTs/s "
-        "| errors | server CPU | server RSS (per session) | client CPU |"
+        "\n| sessions | gap p50 / p99 / max (ms) | audio rx | stalls | POST p50 / p99 (ms) "
+        "| POSTs/s | errors | server CPU | /healthz p99 (ms) | server RSS (per session) "
+        "| client CPU |"
     )
-    print("|---:|---|---:|---|---:|---|---:|---|---:|")
+    print("|---:|---|---:|---:|---|---:|---|---:|---:|---|---:|")
     for r in results:
-        errs = sum(r["errors"].values())
+        errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "0"
         print(
             f"| {r['sessions']} | {r['gap_p50_ms']:.1f} / {r['gap_p99_ms']:.1f} / "
-            f"{r['gap_max_ms']:.0f} | {r['stall_pct']:.2f}% | {r['post_p50_ms']:.1f} / "
-            f"{r['post_p99_ms']:.1f} | {r['posts_per_s']:.0f} | {errs} | "
-            f"{r['server_cpu_pct']:.0f}% | {r['rss_mb']:.0f} MB "
-            f"({r['rss_per_session_kb']:.0f} KB) | {r['client_cpu_pct']:.0f}% |"
+            f"{r['gap_max_ms']:.0f} | {r['stream_rate_pct']:.0f}% | {r['stall_pct']:.1f}% | "
+            f"{r['post_p50_ms']:.1f} / {r['post_p99_ms']:.1f} | {r['posts_per_s']:.0f} | "
+            f"{errs} | {r['server_cpu_pct']:.0f}% | {r['health_p99_ms']:.1f} | "
+            f"{r['rss_mb']:.0f} MB ({r['rss_per_session_kb']:.0f} KB) | "
+            f"{r['client_cpu_pct']:.0f}% |"
         )
 
 

@@ -77,12 +77,24 @@ async def test_takeover_ends_the_old_reader(autojump_clock: trio.testing.MockClo
 async def test_slow_reader_is_dropped_and_playout_never_blocks(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    playout = make(reader_queue_ms=200)
+    dropped: list[float] = []
+    playout = Playout(
+        16000,
+        frame_ms=20,
+        lead_ms=100,
+        max_s=5.0,
+        reader_queue_ms=200,
+        metrics=Metrics(),
+        on_reader_dropped=lambda: dropped.append(trio.current_time()),
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(playout.run)
+        t0 = trio.current_time()
         reader = playout.attach()
         await trio.sleep(1.0)  # never reads: the 10-frame queue overflows
         assert reader.dropped_slow
+        # frames 0..9 fill the queue; frame 10 (t = 200 ms) does not fit
+        assert [t - t0 for t in dropped] == pytest.approx([0.2])
         assert not playout.has_reader
         ticks = playout.ticks
         await trio.sleep(0.0)

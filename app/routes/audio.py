@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import trio
 from quart import Blueprint, Response, jsonify, request
 from werkzeug.http import parse_options_header
 
@@ -112,8 +113,16 @@ async def stream_audio(session_id: str) -> Response:
                 yield prelude
                 session.note_bytes_out(len(prelude))
                 async for frame in reader.receive:
-                    yield frame
-                    session.note_bytes_out(len(frame))
+                    # A reader that lagged catches up in one write, not one per frame.
+                    frames = [frame]
+                    while len(frames) < 16:
+                        try:
+                            frames.append(reader.receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    data = b"".join(frames)
+                    yield data
+                    session.note_bytes_out(len(data))
             finally:
                 session.playout.detach(reader)
 
