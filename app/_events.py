@@ -25,8 +25,7 @@ class EventLog:
     falls further behind than the window learns it from :meth:`since` (``None``).
     """
 
-    def __init__(self, session_id: str, replay_size: int) -> None:
-        self._session_id = session_id
+    def __init__(self, replay_size: int) -> None:
         self._buffer: deque[ServerEvent] = deque(maxlen=replay_size)
         self._last_seq = 0
         self._changed = trio.Event()

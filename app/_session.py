@@ -59,7 +59,6 @@ class UploadResult:
 class SessionStats:
     bytes_in: int = 0
     bytes_out: int = 0
-    samples_in: int = 0
     frames: int = 0
     uploads: int = 0
     throttled: int = 0
@@ -87,7 +86,7 @@ class Session:
         self.open_requests = 0
         self.stats = SessionStats()
         self.state = "starting"
-        self.events = EventLog(session_id, server.event_replay_size)
+        self.events = EventLog(server.event_replay_size)
         self.playout = Playout(
             config.output_sample_rate,
             frame_ms=server.playout_frame_ms,
@@ -391,16 +390,13 @@ class Session:
     def _reader_dropped(self) -> None:
         log.info("session %s: stream_audio reader slower than real time, dropped", self.id)
         if not self.events.closed:
-            self.events.emit(
-                "error",
-                error={
-                    "type": "invalid_request_error",
-                    "code": "stream_reader_too_slow",
-                    "message": "stream_audio was read slower than real time and was ended; "
-                    "reconnect to resume from live",
-                    "param": None,
-                },
+            error = ApiError(
+                409,
+                "stream_reader_too_slow",
+                "stream_audio was read slower than real time and was ended; "
+                "reconnect to resume from live",
             )
+            self.events.emit("error", error=error.error_object())
 
     def note_bytes_out(self, n: int) -> None:
         self.stats.bytes_out += n

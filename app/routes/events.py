@@ -41,10 +41,8 @@ def format_sse(event: ServerEvent) -> bytes:
 
 
 def _error_frame(code: str, message: str) -> bytes:
-    payload = {
-        "type": "error",
-        "error": {"type": "invalid_request_error", "code": code, "message": message, "param": None},
-    }
+    """An ``error`` event without an ``id:`` (it is not part of the replayable log)."""
+    payload = {"type": "error", "error": ApiError(400, code, message).error_object()}
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
