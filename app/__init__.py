@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from app._config import ServerConfig, SessionConfig, validate_session_config
 from app._errors import ApiError, VoiceServiceError
 from app._metrics import Metrics
+from app._models import ModelHub
 from app._registry import SessionRegistry
 from app._server import serve
 from app._session import Session
@@ -84,14 +85,17 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = config.body_backlog_bytes
     app.config["RESPONSE_TIMEOUT"] = config.response_timeout_s
     metrics = Metrics()
-    registry = SessionRegistry(config, metrics)
+    hub = ModelHub(config.model_paths(), concurrency=config.inference_concurrency, metrics=metrics)
+    registry = SessionRegistry(config, metrics, hub)
     app.config["VOXWIRE_CONFIG"] = config
     app.config["VOXWIRE_METRICS"] = metrics
     app.config["VOXWIRE_REGISTRY"] = registry
+    app.config["VOXWIRE_MODELS"] = hub
     app.config["VOXWIRE_WEB_DIR"] = WEB_DIR
 
     @app.before_serving
     async def start_registry() -> None:
+        await app.nursery.start(hub.load)
         await app.nursery.start(registry.run)
 
     @app.after_serving

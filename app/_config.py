@@ -6,9 +6,11 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from app._errors import ApiError
+from models import ModelPaths
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -45,6 +47,23 @@ class ServerConfig:
     # pipeline channels (items)
     ingest_queue_chunks: int = 32
     frame_queue_frames: int = 64
+    # models (empty path = the embedded default)
+    vad_model: str = ""
+    stt_model: str = ""
+    tts_voice: str = ""
+    stt_threads: int = 2
+    tts_threads: int = 1
+    # STT and TTS calls running at once (one per core: more only oversubscribes the CPU)
+    inference_concurrency: int = 2
+    model_load_wait_s: float = 60.0
+    # turn taking
+    vad_min_speech_ms: int = 250
+    speculative_pause_ms: int = 64
+    partial_interval_ms: int = 500
+    max_turn_s: float = 30.0
+    utterance_queue: int = 4
+    turn_queue: int = 4
+    sentence_queue: int = 8
     # playout
     playout_frame_ms: int = 20
     playout_lead_ms: int = 100
@@ -57,6 +76,15 @@ class ServerConfig:
     response_timeout_s: float = 60.0
     keep_alive_timeout_s: float = 75.0
     graceful_timeout_s: float = 5.0
+
+    def model_paths(self) -> ModelPaths:
+        return ModelPaths(
+            vad=Path(self.vad_model) if self.vad_model else None,
+            stt=Path(self.stt_model) if self.stt_model else None,
+            tts=Path(self.tts_voice) if self.tts_voice else None,
+            stt_threads=self.stt_threads,
+            tts_threads=self.tts_threads,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:

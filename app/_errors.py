@@ -50,7 +50,3 @@ class ApiError(VoiceServiceError):
 def not_found() -> ApiError:
     """The one 404 for unknown, expired and wrongly-authorised session ids (no oracle)."""
     return ApiError(404, "session_not_found", "No such session.", param="session_id")
-
-
-class ModelError(VoiceServiceError):
-    """An inference failure inside one session."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+INFERENCE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
 class Metrics:
@@ -39,4 +42,31 @@ class Metrics:
             "voxwire_stream_readers_dropped",
             "stream_audio readers ended because they read slower than real time",
             registry=r,
+        )
+        self.models_ready = Gauge(
+            "voxwire_models_ready", "1 once the models are loaded and warm", registry=r
+        )
+        self.turn_latency = Histogram(
+            "voxwire_turn_latency_seconds",
+            "From the end of the user's speech to each stage of the reply",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "voxwire_inference_seconds",
+            "Time per inference call in its worker thread (queueing excluded)",
+            ["model"],
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.model_errors = Counter(
+            "voxwire_model_errors", "Inference failures, by model", ["model"], registry=r
+        )
+        self.turns = Counter("voxwire_turns", "User turns committed", registry=r)
+        self.responses = Counter(
+            "voxwire_responses", "Responses finished, by status", ["status"], registry=r
+        )
+        self.barge_ins = Counter(
+            "voxwire_barge_ins", "Responses interrupted by the user speaking", registry=r
         )

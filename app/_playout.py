@@ -61,6 +61,9 @@ class Playout:
         self._space = trio.Event()
         self.audio_samples_played = 0  # assistant (non-padding) samples handed to readers
         self.ticks = 0
+        # The current response's cursor (see mark()): what of it reached a reader, and when.
+        self.cursor_played = 0
+        self.cursor_first_at: float | None = None
 
     @property
     def queued_samples(self) -> int:
@@ -77,8 +80,10 @@ class Playout:
     async def put(self, samples: Samples) -> None:
         """Queue ``samples`` for playout, waiting while the buffer is full.
 
-        Cancellation: safe; nothing is queued if cancelled while waiting.
+        Cancellation: safe; nothing is queued once the caller's scope is cancelled, even
+        when there is space (a barge-in flush must not be followed by stale audio).
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         for start in range(0, len(samples), self._buffer.capacity):
             part = samples[start : start + self._buffer.capacity]
             while self._buffer.space < len(part):
@@ -92,6 +97,16 @@ class Playout:
         self._space.set()
         self._space = trio.Event()
         return dropped
+
+    def mark(self) -> None:
+        """Start counting a new response's audio from here (buffer assumed empty)."""
+        self.cursor_played = 0
+        self.cursor_first_at = None
+
+    async def drained(self) -> None:
+        """Wait until everything queued has been paced out."""
+        while self._buffer.queued > 0:
+            await self._space.wait()
 
     def prelude(self) -> bytes:
         """WAV header plus ``lead`` of silence (at least 1 KiB), written at once."""
@@ -156,6 +171,9 @@ class Playout:
                     self._space = trio.Event()
                 pacer.sent()
                 self.ticks += 1
-                if self._reader is not None:
+                if self._reader is not None and real:
                     self.audio_samples_played += real
+                    self.cursor_played += real
+                    if self.cursor_first_at is None:
+                        self.cursor_first_at = trio.current_time()
                 self._deliver(pcm16_bytes(frame))

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from app._config import ServerConfig, SessionConfig
     from app._metrics import Metrics
+    from app._models import ModelHub
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,10 @@ def new_session_id() -> str:
 class SessionRegistry:
     """Owns every session's task tree (its own nursery) and the idle reaper."""
 
-    def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, config: ServerConfig, metrics: Metrics, hub: ModelHub) -> None:
         self._config = config
         self._metrics = metrics
+        self._hub = hub
         self._sessions: dict[str, Session] = {}
         self._nursery: trio.Nursery | None = None
         self.draining = False
@@ -57,8 +59,15 @@ class SessionRegistry:
         """Start a new session in the registry's nursery.
 
         Raises:
-            ApiError: 503 with ``Retry-After`` when at the cap or draining.
+            ApiError: 503 with ``Retry-After`` when at the cap, draining, or the models are
+                not loaded (after waiting up to ``model_load_wait_s`` for them).
         """
+        if config.responder != "loopback":  # loopback is transport only: no models
+            try:
+                await self._hub.wait_ready(self._config.model_load_wait_s)
+            except ApiError:
+                self._metrics.sessions_rejected.inc()
+                raise
         if self._nursery is None or self.draining:
             self._metrics.sessions_rejected.inc()
             raise ApiError(
@@ -78,7 +87,12 @@ class SessionRegistry:
                 headers={"Retry-After": str(max(1, int(self._config.reap_interval_s)))},
             )
         session = Session(
-            new_session_id(), secrets.token_urlsafe(32), config, self._config, self._metrics
+            new_session_id(),
+            secrets.token_urlsafe(32),
+            config,
+            self._config,
+            self._metrics,
+            self._hub,
         )
         self._sessions[session.id] = session
         self._metrics.sessions.inc()

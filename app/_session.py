@@ -13,6 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from app._config import ServerConfig, SessionConfig, validate_session_config
 from app._errors import ApiError
 from app._events import EventLog
+from app._pipeline import FRAME_SAMPLES, PIPELINE_RATE, Control, Frame, Pipeline
 from app._playout import Playout, Reader
 from audio import AudioChunk, Framer, PcmDecoder, StreamResampler
 
@@ -22,11 +23,10 @@ if TYPE_CHECKING:
     import numpy as np
 
     from app._metrics import Metrics
+    from app._models import ModelHub
 
 log = logging.getLogger(__name__)
 
-PIPELINE_RATE = 16000  # VAD and STT run at 16 kHz
-FRAME_SAMPLES = 512  # one Silero VAD frame (32 ms)
 MAX_PIECE_SAMPLES = 8192  # ingest items stay small whatever the HTTP chunking
 
 
@@ -36,14 +36,6 @@ class PcmFormat:
 
     sample_rate: int
     big_endian: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """512 samples at 16 kHz; ``start`` counts samples since the session's first one."""
-
-    samples: np.ndarray[Any, np.dtype[np.int16]]
-    start: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +67,14 @@ class Session:
         config: SessionConfig,
         server: ServerConfig,
         metrics: Metrics,
+        hub: ModelHub,
     ) -> None:
         self.id = session_id
         self.token = token
         self.config = config
         self._server = server
         self._metrics = metrics
+        self._hub = hub
         self.created_at = trio.current_time()
         self.last_activity = self.created_at
         self.open_requests = 0
@@ -96,17 +90,25 @@ class Session:
             metrics=metrics,
             on_reader_dropped=self._reader_dropped,
         )
-        self._ingest_send, self._ingest_recv = trio.open_memory_channel[AudioChunk](
+        self._ingest_send, self._ingest_recv = trio.open_memory_channel[AudioChunk | Control](
             server.ingest_queue_chunks
         )
-        self._frames_send, self._frames_recv = trio.open_memory_channel[Frame](
+        self._frames_send, self._frames_recv = trio.open_memory_channel[Frame | Control](
             server.frame_queue_frames
+        )
+        self.pipeline = Pipeline(
+            events=self.events,
+            playout=self.playout,
+            hub=hub,
+            server=server,
+            metrics=metrics,
+            config=lambda: self.config,
+            on_turn=self._count_turn,
         )
         self._upload_lock = trio.Lock()
         self._decoder: PcmDecoder | None = None
         self._decoder_format: PcmFormat | None = None
         self._next_sequence = 0
-        self._framer_reset_requested = False
         self._cancel_scope = trio.CancelScope()
         self.closed = trio.Event()
 
@@ -121,7 +123,7 @@ class Session:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._ingest_task, self._ingest_recv, self._frames_send)
-                    nursery.start_soon(self._frames_task, self._frames_recv)
+                    nursery.start_soon(self.pipeline.run, self._frames_recv)
                     nursery.start_soon(self.playout.run)
                     self.state = "active"
                     self.events.emit("session.created", session=self.describe())
@@ -171,6 +173,7 @@ class Session:
                 "uploads": s.uploads,
                 "throttled": s.throttled,
                 "turns": s.turns,
+                "responding": self.pipeline.response is not None,
                 "streaming": self.playout.has_reader,
                 "next_sequence": self._next_sequence,
             },
@@ -178,7 +181,16 @@ class Session:
 
     def update_config(self, patch: object) -> SessionConfig:
         """Apply a session.update; emits ``session.updated``."""
-        self.config = validate_session_config(patch, self.config, update=True)
+        config = validate_session_config(patch, self.config, update=True)
+        if config.responder != "loopback" and not self._hub.ready:
+            raise ApiError(
+                503,
+                "models_loading",
+                "the models are not loaded yet",
+                error_type="server_error",
+                headers={"Retry-After": "2"},
+            )
+        self.config = config
         self.events.emit("session.updated", session=self.describe())
         return self.config
 
@@ -344,14 +356,46 @@ class Session:
         self._next_sequence = expected + 1
         return UploadResult(len(data), acked_sequence=expected)
 
-    def clear_input(self) -> None:
-        """input_audio_buffer.clear: drop the partial frame not yet handed on."""
-        self._framer_reset_requested = True
+    async def clear_input(self) -> None:
+        """input_audio_buffer.clear: drop the turn in progress (applied after earlier audio)."""
+        await self._send_control(Control("clear"))
+
+    async def commit_input(self) -> None:
+        """input_audio_buffer.commit: end the turn now (push-to-talk), in order with audio."""
+        await self._send_control(Control("commit"))
+
+    async def _send_control(self, control: Control) -> None:
+        with trio.move_on_after(self._server.upload_backpressure_timeout_s):
+            try:
+                await self._ingest_send.send(control)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise ApiError(404, "session_not_found", "The session ended.") from None
+            return
+        raise ApiError(
+            429,
+            "pipeline_busy",
+            "the session is not keeping up; retry shortly",
+            error_type="rate_limit_error",
+            headers={"Retry-After": str(self._server.retry_after_s)},
+        )
+
+    def cancel_response(self) -> None:
+        """response.cancel: stop the current response; an error event if there is none."""
+        if not self.pipeline.cancel_response("client_cancelled"):
+            error = ApiError(
+                400, "response_cancel_not_active", "there is no response in progress to cancel"
+            )
+            self.events.emit("error", error=error.error_object())
+
+    def _count_turn(self) -> None:
+        self.stats.turns += 1
 
     # -- tasks -----------------------------------------------------------------------
 
     async def _ingest_task(
-        self, chunks: trio.MemoryReceiveChannel[AudioChunk], out: trio.MemorySendChannel[Frame]
+        self,
+        chunks: trio.MemoryReceiveChannel[AudioChunk | Control],
+        out: trio.MemorySendChannel[Frame | Control],
     ) -> None:
         """Resample uploads to 16 kHz and cut them into 512-sample frames."""
         framer = Framer(FRAME_SAMPLES)
@@ -359,26 +403,23 @@ class Session:
         position = 0
         async with chunks, out:
             async for chunk in chunks:
+                if isinstance(chunk, Control):
+                    if chunk.kind == "clear":
+                        framer.clear()
+                    else:
+                        rest = framer.flush()
+                        if len(rest):
+                            await out.send(Frame(rest, position, trio.current_time()))
+                            position += len(rest)
+                    await out.send(chunk)
+                    continue
                 if resampler is None or resampler.in_rate != chunk.sample_rate:
                     resampler = StreamResampler(chunk.sample_rate, PIPELINE_RATE)
-                if self._framer_reset_requested:
-                    framer.clear()
-                    self._framer_reset_requested = False
+                now = trio.current_time()
                 for samples in framer.feed(resampler.feed(chunk.samples)):
-                    await out.send(Frame(samples, position))
+                    self.stats.frames += 1
+                    await out.send(Frame(samples, position, now))
                     position += len(samples)
-
-    async def _frames_task(self, frames: trio.MemoryReceiveChannel[Frame]) -> None:
-        """Consume frames. Until the models arrive: count them, and loop back if asked."""
-        back: StreamResampler | None = None
-        async with frames:
-            async for frame in frames:
-                self.stats.frames += 1
-                if self.config.responder == "loopback":
-                    rate = self.config.output_sample_rate
-                    if back is None or back.out_rate != rate:
-                        back = StreamResampler(PIPELINE_RATE, rate)
-                    await self.playout.put(back.feed(frame.samples))
 
     # -- download --------------------------------------------------------------------
 

@@ -45,3 +45,9 @@ class Framer:
         dropped = len(self._pending)
         self._pending = np.zeros(0, dtype=np.int16)
         return dropped
+
+    def flush(self) -> Samples:
+        """Hand out the partial frame as it is (end of a push-to-talk turn)."""
+        rest = self._pending
+        self._pending = np.zeros(0, dtype=np.int16)
+        return rest

@@ -66,6 +66,18 @@ class TurnDetector:
         self._silence_start = 0
         self._last_end = 0  # prefix padding never reaches back into the previous turn
 
+    @property
+    def speaking(self) -> bool:
+        """Inside a confirmed turn (including a pause that may still resume)."""
+        return self.state in (TurnState.SPEECH, TurnState.MAYBE_SILENCE)
+
+    @property
+    def pause(self) -> tuple[int, int] | None:
+        """``(start_sample, length)`` of a pause inside a turn that may still resume."""
+        if self.state is TurnState.MAYBE_SILENCE:
+            return self._silence_start, self._run
+        return None
+
     def _ms(self, sample: int) -> int:
         return 1000 * sample // self.sample_rate
 

@@ -1,1 +1,78 @@
-"""Inference wrappers (blocking; called from worker threads). Arrive with the voice pipeline."""
+"""Inference wrappers: blocking code, called from worker threads, shared by all sessions.
+
+``load_models`` loads and warms the embedded models once per process (nothing downloads);
+per-session state (the VAD's recurrent state) lives with each session.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path  # noqa: TC003 - dataclass field types resolve at runtime
+
+import numpy as np
+
+from models._errors import ModelError
+from models.responders import EchoResponder, NoResponder, Responder, ResponseRequest
+from models.sentences import SentenceCutter
+from models.stt import WhisperStt
+from models.tts import PiperTts
+from models.vad import FRAME_SAMPLES, SileroVad, VadState
+
+__all__ = [
+    "EchoResponder",
+    "ModelError",
+    "ModelPaths",
+    "ModelSet",
+    "NoResponder",
+    "PiperTts",
+    "Responder",
+    "ResponseRequest",
+    "SentenceCutter",
+    "SileroVad",
+    "VadState",
+    "WhisperStt",
+    "load_models",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPaths:
+    """Where the models are; ``None`` is the embedded default. Thread counts are fixed."""
+
+    vad: Path | None = None
+    stt: Path | None = None
+    tts: Path | None = None
+    stt_threads: int = 2
+    tts_threads: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSet:
+    vad: SileroVad
+    stt: WhisperStt
+    tts: PiperTts
+
+
+_cache: dict[ModelPaths, ModelSet] = {}
+_lock = threading.Lock()
+
+
+def load_models(paths: ModelPaths) -> ModelSet:
+    """Load (once per process) and warm the three models. Blocking: run it in a thread.
+
+    The first inference of each model is slow (allocations, phonemizer start-up); doing one
+    here keeps that cost off the first user turn.
+    """
+    with _lock:
+        if paths in _cache:
+            return _cache[paths]
+        vad = SileroVad(paths.vad)
+        stt = WhisperStt(paths.stt, threads=paths.stt_threads)
+        tts = PiperTts(paths.tts, threads=paths.tts_threads)
+        vad.prob(VadState(), np.zeros(FRAME_SAMPLES, np.int16))
+        tts.synthesize("Hello there.")
+        stt.transcribe(np.zeros(16000, np.int16))
+        models = ModelSet(vad, stt, tts)
+        _cache[paths] = models
+        return models

@@ -13,6 +13,7 @@ from app._errors import ApiError
 if TYPE_CHECKING:
     from app._config import ServerConfig
     from app._metrics import Metrics
+    from app._models import ModelHub
     from app._registry import SessionRegistry
     from app._session import Session
 
@@ -30,6 +31,11 @@ def registry() -> SessionRegistry:
 def metrics() -> Metrics:
     m: Metrics = current_app.config["VOXWIRE_METRICS"]
     return m
+
+
+def models() -> ModelHub:
+    hub: ModelHub = current_app.config["VOXWIRE_MODELS"]
+    return hub
 
 
 def bearer_token() -> str | None:

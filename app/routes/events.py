@@ -24,15 +24,15 @@ SSE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 
-SUPPORTED_CLIENT_EVENTS = ("session.update", "input_audio_buffer.clear")
-# Client events of the OpenAI Realtime API that arrive with the voice pipeline and LLM
-# work; until then they are refused explicitly rather than silently ignored.
-PENDING_CLIENT_EVENTS = (
+SUPPORTED_CLIENT_EVENTS = (
+    "session.update",
+    "input_audio_buffer.clear",
     "input_audio_buffer.commit",
-    "conversation.item.create",
-    "response.create",
     "response.cancel",
 )
+# Client events of the OpenAI Realtime API that arrive with the LLM work; until then they
+# are refused explicitly rather than silently ignored.
+PENDING_CLIENT_EVENTS = ("conversation.item.create", "response.create")
 
 
 def format_sse(event: ServerEvent) -> bytes:
@@ -142,8 +142,12 @@ async def post_events(session_id: str) -> Response:
                 if event["type"] == "session.update":
                     session.update_config(event["session"])
                 elif event["type"] == "input_audio_buffer.clear":
-                    session.clear_input()
+                    await session.clear_input()
                     session.events.emit("input_audio_buffer.cleared")
+                elif event["type"] == "input_audio_buffer.commit":
+                    await session.commit_input()
+                elif event["type"] == "response.cancel":
+                    session.cancel_response()
         except ApiError as error:
             # The event stream hears about it too, as OpenAI Realtime clients expect.
             session.events.emit("error", error=error.error_object())

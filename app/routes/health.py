@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, jsonify, send_file
 
 from app._errors import ApiError
-from app.routes._common import metrics, registry
+from app.routes._common import metrics, models, registry
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,6 +30,23 @@ async def readyz() -> Response:
             "the server is shutting down",
             error_type="server_error",
             headers={"Retry-After": "5"},
+        )
+    hub = models()
+    if not hub.ready:
+        if hub.error is not None:
+            raise ApiError(
+                503,
+                "models_unavailable",
+                f"the models failed to load: {hub.error}",
+                error_type="server_error",
+                headers={"Retry-After": "30"},
+            )
+        raise ApiError(
+            503,
+            "models_loading",
+            "the models are still loading",
+            error_type="server_error",
+            headers={"Retry-After": "2"},
         )
     return jsonify({"status": "ready", "sessions": len(registry())})
 
