@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-_ABBREVIATIONS = frozenset("mr mrs ms dr prof sr jr st vs etc e.g i.e approx no fig mt ft".split())
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e a.m p.m approx no fig mt ft".split()
+)
 _END = re.compile(r"[.!?;:\n]+[\"')\]]*(?=\s)")
 
 

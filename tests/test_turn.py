@@ -66,3 +66,24 @@ def test_events_alternate_and_move_forward(probs: list[float]) -> None:
     positions = [e.start_sample if isinstance(e, SpeechStarted) else e.end_sample for e in events]
     assert positions == sorted(positions)
     assert all(0 <= p <= len(probs) * N for p in positions)
+
+
+def test_pause_reports_a_pause_that_may_still_resume() -> None:
+    det = TurnDetector(silence_duration_ms=320, min_speech_ms=64)
+    for _ in range(10):
+        det.feed(0.9, N)
+    assert det.speaking
+    assert det.pause is None
+    det.feed(0.0, N)
+    det.feed(0.0, N)
+    assert det.pause == (10 * N, 2 * N)
+    det.feed(0.9, N)  # speech resumes: no longer a pause
+    assert det.speaking
+    assert det.pause is None
+
+
+def test_min_speech_counts_frames_between_the_two_thresholds() -> None:
+    # 0.4 is above the release threshold (0.35): it keeps a candidate turn alive
+    events = run([0.0] * 3 + [0.6] + [0.4] * 8 + [0.0] * 20, min_speech_ms=250)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]
+    assert run([0.0] * 3 + [0.6] + [0.2] + [0.6] * 5 + [0.0] * 20, min_speech_ms=250) == []
