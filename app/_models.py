@@ -54,8 +54,8 @@ class ModelHub:
         started = trio.current_time()
         try:
             self._models = await trio.to_thread.run_sync(load_models, self.paths)
-        except (OSError, RuntimeError, ValueError, ModelError) as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
+        except ModelError as exc:
+            self.error = exc.message
             log.error("loading models failed: %s", self.error)
         else:
             self._metrics.models_ready.set(1)

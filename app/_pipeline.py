@@ -93,6 +93,7 @@ class Utterance:
         self.speech_end_at = 0.0  # trio time the end of speech arrived
         self.stopped_at = 0.0  # trio time the turn was committed
         self.discarded = False
+        self.sent = False  # handed to the STT task
         self._changed = trio.Event()
 
     @property
@@ -358,12 +359,15 @@ class Pipeline:
         for f in self._ring:
             if f.start + len(f.samples) > event.start_sample:
                 utterance.append(f.samples[max(0, event.start_sample - f.start) :])
+        if self._current is not None:  # push-to-talk audio, then VAD switched on
+            self._current.discard()
         self._current = utterance
         self._events.emit(
             "input_audio_buffer.speech_started",
             item_id=utterance.item_id,
             audio_start_ms=event.audio_start_ms,
         )
+        utterance.sent = True
         await utterances.send(utterance)
 
     def _speech_stopped(self, end_sample: int, ended_at: float, audio_end_ms: int) -> None:
@@ -429,7 +433,9 @@ class Pipeline:
         self._current = None
         utterance.end(end, now)
         self._committed(utterance)
-        await utterances.send(utterance)
+        if not utterance.sent:  # (a VAD turn when VAD was switched off mid-turn already is)
+            utterance.sent = True
+            await utterances.send(utterance)
 
     # -- stt -------------------------------------------------------------------------
 
@@ -478,8 +484,10 @@ class Pipeline:
                     continue
                 finally:
                     # Counted from the end of the decode: the CPU stays free part of
-                    # the time for the speculative final and other sessions.
-                    next_partial = trio.current_time() + interval
+                    # the time for the speculative final and other sessions. Until the
+                    # first words appear, look again sooner.
+                    wait = interval if emitted else interval / 2
+                    next_partial = trio.current_time() + wait
                 if not u.discarded:
                     new = new_partial_words(emitted, hypothesis)
                     if new:

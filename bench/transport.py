@@ -17,12 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,8 +32,8 @@ import httpx
 import numpy as np
 import psutil
 import trio
+from _common import Server
 
-ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000  # session input and output rate (the defaults)
 BYTES_PER_S = RATE * 2
 WAV_HEADER = 44
@@ -54,103 +50,6 @@ def tone_chunk(ms: int) -> bytes:
 
 def pct(values, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else math.nan
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# -- the server ------------------------------------------------------------------------
-
-
-class Server:
-    """``run.py`` in a subprocess, its log in a file."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ps: psutil.Process | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.spawn()
-        await self.wait_ready()
-
-    def spawn(self) -> None:
-        self.port = free_port()
-        env = dict(os.environ)
-        env.setdefault("VOXWIRE_MAX_SESSIONS", "1000")
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "run.py",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--responder",
-                "loopback",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self.ps = psutil.Process(self.proc.pid)
-
-    async def wait_ready(self) -> None:
-        assert self.proc is not None
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=2) as client:
-            with trio.fail_after(30):
-                while True:
-                    if self.proc.poll() is not None:
-                        raise RuntimeError(
-                            f"server exited with {self.proc.returncode}; see {self.log_path}"
-                        )
-                    try:
-                        if (await client.get("/healthz")).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.1)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def rss(self) -> int:
-        assert self.ps is not None
-        return int(self.ps.memory_info().rss)
-
-    def cpu_s(self) -> float:
-        assert self.ps is not None
-        t = self.ps.cpu_times()
-        return float(t.user + t.system)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
-    def log_since(self, offset: int) -> str:
-        with self.log_path.open("rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
 
 
 async def server_counters(client: httpx.AsyncClient) -> dict[str, float]:
@@ -635,7 +534,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def main(args) -> list[dict]:
     log_path = Path(tempfile.mkdtemp(prefix="voxwire-bench-")) / "server.log"
-    server = Server(log_path)
+    server = Server(log_path, "--responder", "loopback", ready_path="/readyz")
     results: list[dict] = []
     await server.start()
     try:

@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: TC003 - dataclass field types resolve at runti
 
 import numpy as np
 
-from models._errors import ModelError
+from models._errors import LOAD_ERRORS, ModelError
 from models.responders import EchoResponder, NoResponder, Responder, ResponseRequest
 from models.sentences import SentenceCutter
 from models.stt import WhisperStt
@@ -67,12 +67,19 @@ def load_models(paths: ModelPaths) -> ModelSet:
     with _lock:
         if paths in _cache:
             return _cache[paths]
-        vad = SileroVad(paths.vad)
-        stt = WhisperStt(paths.stt, threads=paths.stt_threads)
-        tts = PiperTts(paths.tts, threads=paths.tts_threads)
-        vad.prob(VadState(), np.zeros(FRAME_SAMPLES, np.int16))
-        tts.synthesize("Hello there.")
-        stt.transcribe(np.zeros(16000, np.int16))
-        models = ModelSet(vad, stt, tts)
+        try:
+            models = _load(paths)
+        except LOAD_ERRORS as exc:
+            raise ModelError("load", f"{type(exc).__name__}: {exc}") from exc
         _cache[paths] = models
         return models
+
+
+def _load(paths: ModelPaths) -> ModelSet:
+    vad = SileroVad(paths.vad)
+    stt = WhisperStt(paths.stt, threads=paths.stt_threads)
+    tts = PiperTts(paths.tts, threads=paths.tts_threads)
+    vad.prob(VadState(), np.zeros(FRAME_SAMPLES, np.int16))
+    tts.synthesize("Hello there.")
+    stt.transcribe(np.zeros(16000, np.int16))
+    return ModelSet(vad, stt, tts)

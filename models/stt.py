@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from faster_whisper import WhisperModel
 
-from models._errors import ModelError
+from models._errors import INFERENCE_ERRORS, ModelError
 
 SAMPLE_RATE = 16000
 
@@ -55,6 +55,6 @@ class WhisperStt:
                 suppress_blank=True,
             )
             text = " ".join(s.text.strip() for s in segments)
-        except (RuntimeError, ValueError) as exc:
+        except INFERENCE_ERRORS as exc:
             raise ModelError("stt", str(exc)) from exc
         return text.strip()

@@ -13,7 +13,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from piper import PiperVoice
 
-from models._errors import ModelError
+from models._errors import LOAD_ERRORS, ModelError
 
 FADE_MS = 4  # a few ms of fade at each end: sentence joins never click
 
@@ -52,7 +52,7 @@ class PiperTts:
             return np.zeros(0, np.int16)
         try:
             chunks = [c.audio_int16_array for c in self._voice.synthesize(text)]
-        except (RuntimeError, ValueError, KeyError) as exc:
+        except LOAD_ERRORS as exc:  # KeyError: a character the phonemizer does not map
             raise ModelError("tts", str(exc)) from exc
         if not chunks:
             return np.zeros(0, np.int16)

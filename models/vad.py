@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from models._errors import INFERENCE_ERRORS, ModelError
+
 FRAME_SAMPLES = 512
 CONTEXT_SAMPLES = 64
 SAMPLE_RATE = 16000
@@ -62,7 +64,10 @@ class SileroVad:
             raise ValueError(f"expected {FRAME_SAMPLES} samples, got shape {frame.shape}")
         audio = frame.astype(np.float32) / 32768.0
         x = np.concatenate((state.context, audio))[None, :]
-        out, h, c = self._session.run(None, {"input": x, "h": state.h, "c": state.c})
+        try:
+            out, h, c = self._session.run(None, {"input": x, "h": state.h, "c": state.c})
+        except INFERENCE_ERRORS as exc:
+            raise ModelError("vad", str(exc)) from exc
         state.h, state.c = h, c
         state.context = audio[-CONTEXT_SAMPLES:].copy()
         return float(np.asarray(out).reshape(-1)[0])
