@@ -84,6 +84,8 @@ class ServerConfig:
             tts=Path(self.tts_voice) if self.tts_voice else None,
             stt_threads=self.stt_threads,
             tts_threads=self.tts_threads,
+            # one more than the limiter: an abandoned partial decode may still be running
+            stt_workers=self.inference_concurrency + 1,
         )
 
     @classmethod

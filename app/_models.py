@@ -90,12 +90,19 @@ class ModelHub:
         )
 
     async def infer(
-        self, model: str, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter
+        self,
+        model: str,
+        fn: Callable[..., T],
+        *args: Any,
+        limiter: trio.CapacityLimiter,
+        abandon_on_cancel: bool = False,
     ) -> T:
         """Run ``fn(*args)`` in a worker thread; time it; count failures.
 
-        Cancellation: the thread runs to completion (a decode cannot be interrupted);
-        cancellation is delivered at the next checkpoint.
+        Cancellation: a decode cannot be interrupted. By default the caller waits for the
+        thread and is cancelled at its next checkpoint; with ``abandon_on_cancel`` it
+        returns at once and the result is dropped (the thread still holds its limiter
+        token until it ends).
         """
 
         def timed() -> T:
@@ -106,7 +113,9 @@ class ModelHub:
                 self._metrics.inference_seconds.labels(model).observe(time.perf_counter() - t0)
 
         try:
-            return await trio.to_thread.run_sync(timed, limiter=limiter)
+            return await trio.to_thread.run_sync(
+                timed, limiter=limiter, abandon_on_cancel=abandon_on_cancel
+            )
         except ModelError:
             self._metrics.model_errors.labels(model).inc()
             raise

@@ -94,6 +94,7 @@ class Utterance:
         self.stopped_at = 0.0  # trio time the turn was committed
         self.discarded = False
         self.sent = False  # handed to the STT task
+        self.partial_scope: trio.CancelScope | None = None  # a partial decode in flight
         self._changed = trio.Event()
 
     @property
@@ -105,6 +106,9 @@ class Utterance:
         return self.samples >= self.max_samples
 
     def _poke(self) -> None:
+        # A partial decode still running is stale now: drop it so the final can start.
+        if self.partial_scope is not None:
+            self.partial_scope.cancel()
         self._changed.set()
         self._changed = trio.Event()
 
@@ -450,9 +454,15 @@ class Pipeline:
                 if turn is not None:
                     await turns.send(turn)
 
-    async def _decode(self, audio: Int16) -> str:
+    async def _decode(self, audio: Int16, *, abandon_on_cancel: bool = False) -> str:
         stt = self._hub.models.stt
-        return await self._hub.infer("stt", stt.transcribe, audio, limiter=self._hub.limiter)
+        return await self._hub.infer(
+            "stt",
+            stt.transcribe,
+            audio,
+            limiter=self._hub.limiter,
+            abandon_on_cancel=abandon_on_cancel,
+        )
 
     async def _transcribe(self, u: Utterance) -> UserTurn | None:
         interval = self._server.partial_interval_ms / 1000
@@ -471,24 +481,27 @@ class Pipeline:
                     log.warning("speculative decode failed: %s", exc)
                     speculative = None
                     break
-                prefetched = await self._prefetch(speculative[1])
+                if not u.ended:  # else the reply's own TTS is just as soon
+                    prefetched = await self._prefetch(speculative[1])
                 continue
             partials_due = interval > 0 and pause is None
             # No partial while the speaker may be pausing: a decode in flight when the
             # pause is confirmed would delay the speculative final.
             if partials_due and not u.quiet and trio.current_time() >= next_partial:
+                hypothesis = ""
                 try:
-                    hypothesis = await self._decode(u.audio())
+                    with trio.CancelScope() as u.partial_scope:
+                        hypothesis = await self._decode(u.audio(), abandon_on_cancel=True)
                 except ModelError as exc:
                     log.warning("partial decode failed: %s", exc)
-                    continue
                 finally:
+                    u.partial_scope = None
                     # Counted from the end of the decode: the CPU stays free part of
                     # the time for the speculative final and other sessions. Until the
                     # first words appear, look again sooner.
                     wait = interval if emitted else interval / 2
                     next_partial = trio.current_time() + wait
-                if not u.discarded:
+                if hypothesis and not u.discarded:
                     new = new_partial_words(emitted, hypothesis)
                     if new:
                         delta = " ".join(new)

@@ -45,6 +45,7 @@ class ModelPaths:
     tts: Path | None = None
     stt_threads: int = 2
     tts_threads: int = 1
+    stt_workers: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ def load_models(paths: ModelPaths) -> ModelSet:
 
 def _load(paths: ModelPaths) -> ModelSet:
     vad = SileroVad(paths.vad)
-    stt = WhisperStt(paths.stt, threads=paths.stt_threads)
+    stt = WhisperStt(paths.stt, threads=paths.stt_threads, workers=paths.stt_workers)
     tts = PiperTts(paths.tts, threads=paths.tts_threads)
     vad.prob(VadState(), np.zeros(FRAME_SAMPLES, np.int16))
     tts.synthesize("Hello there.")

