@@ -16,6 +16,7 @@ from app._errors import ApiError, VoiceServiceError
 from app._metrics import Metrics
 from app._models import ModelHub
 from app._registry import SessionRegistry
+from app._responders import Responders
 from app._server import serve
 from app._session import Session
 
@@ -76,7 +77,7 @@ def _close_if_body_unread(response: Response) -> Response:
 
 def create_app(config: ServerConfig | None = None) -> QuartTrio:
     """Build the application. Sessions start when the app starts serving."""
-    from app.routes import audio, events, health, sessions
+    from app.routes import audio, events, frames, health, sessions
 
     config = config or ServerConfig()
     app = QuartTrio("voxwire", static_folder=None)
@@ -86,7 +87,8 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
     app.config["RESPONSE_TIMEOUT"] = config.response_timeout_s
     metrics = Metrics()
     hub = ModelHub(config.model_paths(), concurrency=config.inference_concurrency, metrics=metrics)
-    registry = SessionRegistry(config, metrics, hub)
+    responders = Responders(config)
+    registry = SessionRegistry(config, metrics, hub, responders)
     app.config["VOXWIRE_CONFIG"] = config
     app.config["VOXWIRE_METRICS"] = metrics
     app.config["VOXWIRE_REGISTRY"] = registry
@@ -96,6 +98,7 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
     @app.before_serving
     async def start_registry() -> None:
         await app.nursery.start(hub.load)
+        await app.nursery.start(responders.run)
         await app.nursery.start(registry.run)
 
     @app.after_serving
@@ -113,6 +116,6 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
         api_error = ApiError(status, code, error.description or error.name or "")
         return _close_if_body_unread(json_error(api_error))
 
-    for bp in (sessions.bp, audio.bp, events.bp, health.bp):
+    for bp in (sessions.bp, audio.bp, events.bp, frames.bp, health.bp):
         app.register_blueprint(bp)
     return app

@@ -28,7 +28,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     # sessions
     # measured: one process holds ~30-50 real-time sessions on one core (bench/README.md)
     max_sessions: int = 40
@@ -72,6 +72,15 @@ class ServerConfig:
     # events
     event_replay_size: int = 512
     sse_ping_interval_s: float = 15.0
+    # the llm responder (any OpenAI-compatible server); env OPENAI_* or VOXWIRE_OPENAI_*
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str = field(default="", repr=False)
+    openai_model: str = "gpt-4o-mini"
+    llm_connect_timeout_s: float = 5.0
+    llm_first_token_timeout_s: float = 20.0
+    llm_total_timeout_s: float = 120.0
+    max_history_items: int = 200
+    max_frame_bytes: int = 4 * 1024 * 1024
     # HTTP server
     response_timeout_s: float = 60.0
     keep_alive_timeout_s: float = 75.0
@@ -95,11 +104,13 @@ class ServerConfig:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = env.get(f"VOXWIRE_{f.name.upper()}")
+            if not raw and f.name.startswith("openai_"):
+                raw = env.get(f.name.upper())  # the names every OpenAI client reads
             if raw is None or raw == "":
                 continue
             kind = type(getattr(cls(), f.name))
             try:
-                if f.name == "api_key":
+                if f.name in ("api_key", "openai_api_key"):
                     values[f.name] = raw
                 elif kind is int:
                     values[f.name] = int(raw)

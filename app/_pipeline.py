@@ -19,24 +19,16 @@ import logging
 import math
 import secrets
 from collections import deque
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import trio
 
+from app._conversation import Conversation, Item, spoken_prefix
 from audio import StreamResampler
 from audio.turn import SpeechStarted, SpeechStopped, TurnDetector, TurnEvent
-from models import (
-    EchoResponder,
-    ModelError,
-    NoResponder,
-    Responder,
-    ResponseRequest,
-    SentenceCutter,
-    VadState,
-)
+from models import ModelError, Responder, ResponseRequest, SentenceCutter, VadState
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,6 +68,10 @@ class Control:
 
 def _new_id(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(12)
+
+
+def new_item_id() -> str:
+    return _new_id("item_")
 
 
 class Utterance:
@@ -159,6 +155,7 @@ class UserTurn:
     stopped_at: float
     transcript_at: float
     prefetched: tuple[str, Int16] | None = None  # (first sentence, its speech) for echo
+    instructions: str | None = None  # response.create's per-response instructions
 
 
 @dataclass(slots=True)
@@ -172,6 +169,7 @@ class ActiveResponse:
     first_audio_queued_at: float | None = None
     truncated_ms: int | None = None
     cancel_reason: str | None = None
+    spoken: list[tuple[str, int]] = field(default_factory=list)  # (sentence, out samples)
 
 
 def new_partial_words(emitted: list[str], hypothesis: str) -> list[str]:
@@ -211,6 +209,9 @@ class Pipeline:
         metrics: Metrics,
         config: Callable[[], SessionConfig],
         on_turn: Callable[[], None],
+        conversation: Conversation,
+        responders: Callable[[str], Responder],
+        take_frame: Callable[[], str | None],
     ) -> None:
         self._events = events
         self._playout = playout
@@ -219,6 +220,9 @@ class Pipeline:
         self._metrics = metrics
         self._config = config
         self._on_turn = on_turn
+        self.conversation = conversation
+        self._responders = responders
+        self._take_frame = take_frame
         self._vad_state = VadState()
         self._detector: TurnDetector | None = None
         self._detector_key: object = None
@@ -236,7 +240,8 @@ class Pipeline:
             self._server.utterance_queue
         )
         turns_send, turns_recv = trio.open_memory_channel[UserTurn](self._server.turn_queue)
-        async with trio.open_nursery() as nursery:
+        self._requests = turns_send.clone()  # response.create
+        async with self._requests, trio.open_nursery() as nursery:
             nursery.start_soon(self._vad_task, frames, utterances_send)
             nursery.start_soon(self._stt_task, utterances_recv, turns_send)
             nursery.start_soon(self._responder_task, turns_recv)
@@ -451,7 +456,11 @@ class Pipeline:
         async with utterances, turns:
             async for utterance in utterances:
                 turn = await self._transcribe(utterance)
-                if turn is not None:
+                if turn is not None and turn.transcript:
+                    frame = self._take_frame()
+                    self.add_item(
+                        Item(turn.item_id, "user", turn.transcript, [frame] if frame else [])
+                    )
                     await turns.send(turn)
 
     async def _decode(self, audio: Int16, *, abandon_on_cancel: bool = False) -> str:
@@ -571,16 +580,28 @@ class Pipeline:
 
     # -- responder + tts -------------------------------------------------------------
 
-    def _responder(self) -> Responder:
-        name = self._config().responder
-        if name == "echo":
-            return EchoResponder()
-        return NoResponder()
+    def add_item(self, item: Item) -> None:
+        """Add to the conversation; emits ``conversation.item.created``."""
+        self.conversation.add(item)
+        self._events.emit("conversation.item.created", item=item.describe())
+
+    def request_response(self, instructions: str | None) -> None:
+        """response.create: a reply to the conversation as it stands.
+
+        Raises:
+            trio.WouldBlock: too many responses are queued already.
+        """
+        now = trio.current_time()
+        self._requests.send_nowait(
+            UserTurn("", self.conversation.last_user_text(), now, now, now, None, instructions)
+        )
 
     async def _responder_task(self, turns: trio.MemoryReceiveChannel[UserTurn]) -> None:
         async with turns:
             async for turn in turns:
-                if self._config().responder in ("none", "loopback") or not turn.transcript:
+                # A voice turn under "none" is transcribed only; response.create always
+                # gets an answer.
+                if turn.item_id and self._config().responder in ("none", "loopback"):
                     continue
                 await self._respond(turn)
 
@@ -618,9 +639,12 @@ class Pipeline:
                 try:
                     async with trio.open_nursery() as nursery:
                         send, recv = trio.open_memory_channel[str](self._server.sentence_queue)
+                        instructions = config.instructions
+                        if turn.instructions is not None:
+                            instructions = turn.instructions
                         request = ResponseRequest(
                             transcript=turn.transcript,
-                            instructions=config.instructions,
+                            messages=self.conversation.messages(instructions),
                             temperature=config.temperature,
                             max_output_tokens=config.max_response_output_tokens,
                         )
@@ -646,23 +670,27 @@ class Pipeline:
         sentences: trio.MemorySendChannel[str],
     ) -> None:
         cutter = SentenceCutter()
-        async with sentences, aclosing(self._responder().respond(request)) as deltas:
-            async for delta in deltas:
-                if not delta:
-                    continue
-                if response.first_token_at is None:
-                    response.first_token_at = trio.current_time()
-                response.text += delta
-                self._events.emit(
-                    "response.audio_transcript.delta",
-                    response_id=response.id,
-                    item_id=response.item_id,
-                    output_index=0,
-                    content_index=0,
-                    delta=delta,
-                )
-                for sentence in cutter.feed(delta):
-                    await sentences.send(sentence)
+
+        async def emit(delta: str) -> None:
+            if not delta:
+                return
+            if response.first_token_at is None:
+                response.first_token_at = trio.current_time()
+            response.text += delta
+            self._events.emit(
+                "response.audio_transcript.delta",
+                response_id=response.id,
+                item_id=response.item_id,
+                output_index=0,
+                content_index=0,
+                delta=delta,
+            )
+            for sentence in cutter.feed(delta):
+                await sentences.send(sentence)
+
+        async with sentences:
+            responder = self._responders(self._config().responder)
+            await responder.respond(request, emit)
             for sentence in cutter.flush():
                 await sentences.send(sentence)
 
@@ -687,6 +715,7 @@ class Pipeline:
                 if len(out) and response.first_audio_queued_at is None:
                     response.first_audio_queued_at = trio.current_time()
                 await self._playout.put(out)
+                response.spoken.append((sentence, len(out)))
         tail = resampler.feed(np.zeros(0, np.int16), last=True)
         if len(tail):
             await self._playout.put(tail)
@@ -713,6 +742,13 @@ class Pipeline:
             if t is not None:
                 self._metrics.turn_latency.labels(stage).observe(t - turn.speech_end_at)
         self._metrics.responses.labels(status).inc()
+        # The history keeps what the listener heard: all of a completed reply, the played
+        # part of a cut one, so the next turn's context matches the conversation.
+        heard = response.text
+        if status != "completed":
+            heard = spoken_prefix(response.spoken, self._playout.cursor_played)
+        if heard:
+            self.conversation.add(Item(response.item_id, "assistant", heard))
         ids = {"response_id": response.id, "item_id": response.item_id}
         self._events.emit(
             "response.audio_transcript.done",

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from app._config import ServerConfig, SessionConfig
     from app._metrics import Metrics
     from app._models import ModelHub
+    from app._responders import Responders
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,13 @@ def new_session_id() -> str:
 class SessionRegistry:
     """Owns every session's task tree (its own nursery) and the idle reaper."""
 
-    def __init__(self, config: ServerConfig, metrics: Metrics, hub: ModelHub) -> None:
+    def __init__(
+        self, config: ServerConfig, metrics: Metrics, hub: ModelHub, responders: Responders
+    ) -> None:
         self._config = config
         self._metrics = metrics
         self._hub = hub
+        self._responders = responders
         self._sessions: dict[str, Session] = {}
         self._nursery: trio.Nursery | None = None
         self.draining = False
@@ -93,6 +97,7 @@ class SessionRegistry:
             self._config,
             self._metrics,
             self._hub,
+            self._responders,
         )
         self._sessions[session.id] = session
         self._metrics.sessions.inc()

@@ -11,9 +11,10 @@ import trio
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app._config import ServerConfig, SessionConfig, validate_session_config
+from app._conversation import Conversation, Item
 from app._errors import ApiError
 from app._events import EventLog
-from app._pipeline import FRAME_SAMPLES, PIPELINE_RATE, Control, Frame, Pipeline
+from app._pipeline import FRAME_SAMPLES, PIPELINE_RATE, Control, Frame, Pipeline, new_item_id
 from app._playout import Playout, Reader
 from audio import AudioChunk, Framer, PcmDecoder, StreamResampler
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from app._metrics import Metrics
     from app._models import ModelHub
+    from app._responders import Responders
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class Session:
         server: ServerConfig,
         metrics: Metrics,
         hub: ModelHub,
+        responders: Responders,
     ) -> None:
         self.id = session_id
         self.token = token
@@ -96,6 +99,7 @@ class Session:
         self._frames_send, self._frames_recv = trio.open_memory_channel[Frame | Control](
             server.frame_queue_frames
         )
+        self.latest_frame: str | None = None  # data URL of the last upload_frame
         self.pipeline = Pipeline(
             events=self.events,
             playout=self.playout,
@@ -104,6 +108,9 @@ class Session:
             metrics=metrics,
             config=lambda: self.config,
             on_turn=self._count_turn,
+            conversation=Conversation(server.max_history_items),
+            responders=responders,
+            take_frame=self.take_frame,
         )
         self._upload_lock = trio.Lock()
         self._decoder: PcmDecoder | None = None
@@ -386,6 +393,36 @@ class Session:
                 400, "response_cancel_not_active", "there is no response in progress to cancel"
             )
             self.events.emit("error", error=error.error_object())
+
+    def take_frame(self) -> str | None:
+        """The latest camera frame, once: it goes with the next user turn."""
+        frame, self.latest_frame = self.latest_frame, None
+        return frame
+
+    def add_user_item(self, role: str, text: str, images: list[str]) -> None:
+        """conversation.item.create; the latest frame joins a user item."""
+        if role == "user":
+            frame = self.take_frame()
+            if frame is not None:
+                images = [*images, frame]
+        self.pipeline.add_item(Item(new_item_id(), role, text, images))  # type: ignore[arg-type]
+
+    def create_response(self, instructions: str | None) -> None:
+        """response.create.
+
+        Raises:
+            ApiError: 429 when responses are queued up already.
+        """
+        try:
+            self.pipeline.request_response(instructions)
+        except trio.WouldBlock:
+            raise ApiError(
+                429,
+                "too_many_responses",
+                "responses are already queued for this session",
+                error_type="rate_limit_error",
+                headers={"Retry-After": str(self._server.retry_after_s)},
+            ) from None
 
     def _count_turn(self) -> None:
         self.stats.turns += 1

@@ -1,46 +1,46 @@
-"""Responders: turn a user's final transcript into the assistant's reply text, streamed.
+"""Responders: turn the conversation into the assistant's reply text, streamed.
 
-A responder is an async iterator of text deltas; the session cuts them into sentences and
-speaks each one. ``echo`` (the embedded default, no network) says back what it heard;
-``none`` never replies (transcription only).
+A responder calls ``emit`` with each text delta as it has it; the session cuts the deltas
+into sentences and speaks each one. ``echo`` (the embedded default, no network) says back
+what it heard; ``none`` never replies (transcription only); ``llm`` (models/llm.py) asks an
+OpenAI-compatible server.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+Emit = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
 class ResponseRequest:
-    """What a responder gets for one turn."""
+    """What a responder gets for one response."""
 
-    transcript: str
-    instructions: str = ""
+    transcript: str  # the latest user text (what echo says back)
+    messages: list[dict[str, Any]] = field(default_factory=list)  # OpenAI chat format
     temperature: float = 0.8
     max_output_tokens: int = 4096
 
 
 class Responder(Protocol):
-    """Produces one reply as text deltas. Cancellation (barge-in) may end it at any await."""
+    """Produces one reply. Cancellation (barge-in) may end it at any await."""
 
-    def respond(self, request: ResponseRequest) -> AsyncGenerator[str, None]: ...
+    async def respond(self, request: ResponseRequest, emit: Emit) -> None: ...
 
 
 class EchoResponder:
-    """Speaks back the user's transcript."""
+    """Speaks back the user's latest words."""
 
-    async def respond(self, request: ResponseRequest) -> AsyncGenerator[str, None]:
+    async def respond(self, request: ResponseRequest, emit: Emit) -> None:
         if request.transcript:
-            yield request.transcript
+            await emit(request.transcript)
 
 
 class NoResponder:
     """Transcription only: never replies."""
 
-    async def respond(self, request: ResponseRequest) -> AsyncGenerator[str, None]:
+    async def respond(self, request: ResponseRequest, emit: Emit) -> None:
         return
-        yield  # pragma: no cover - makes this an async generator

@@ -75,9 +75,9 @@ def authorised_session(session_id: str, *, allow_query_token: bool = False) -> S
     return registry().authorise(session_id, token)
 
 
-async def json_body(*, allow_empty: bool = True) -> Any:
+async def json_body(*, allow_empty: bool = True, limit: int | None = None) -> Any:
     """Read and parse a small JSON body (size-capped; 400/413/415 on bad input)."""
-    limit = server_config().max_json_bytes
+    limit = limit or server_config().max_json_bytes
     declared = request.content_length
     if declared is not None and declared > limit:
         raise ApiError(413, "body_too_large", f"JSON bodies are limited to {limit} bytes")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +31,11 @@ SUPPORTED_CLIENT_EVENTS = (
     "input_audio_buffer.clear",
     "input_audio_buffer.commit",
     "response.cancel",
+    "conversation.item.create",
+    "response.create",
 )
-# Client events of the OpenAI Realtime API that arrive with the LLM work; until then they
-# are refused explicitly rather than silently ignored.
-PENDING_CLIENT_EVENTS = ("conversation.item.create", "response.create")
+ROLES = ("user", "assistant", "system")
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
 
 
 def format_sse(event: ServerEvent) -> bytes:
@@ -109,13 +112,6 @@ def _validate_client_event(event: Any, index: int) -> dict[str, Any]:
         raise ApiError(
             400, "invalid_event", "client events need a string 'type'", param=f"{param}.type"
         )
-    if kind in PENDING_CLIENT_EVENTS:
-        raise ApiError(
-            400,
-            "event_not_supported",
-            f"{kind} is not supported by this server yet",
-            param=f"{param}.type",
-        )
     if kind not in SUPPORTED_CLIENT_EVENTS:
         raise ApiError(
             400, "unknown_event_type", f"unknown client event type {kind!r}", param=f"{param}.type"
@@ -127,14 +123,96 @@ def _validate_client_event(event: Any, index: int) -> dict[str, Any]:
             "session.update needs a 'session' object",
             param=f"{param}.session",
         )
+    if kind == "conversation.item.create":
+        event["_parsed"] = _parse_item(event.get("item"), f"{param}.item")
+    if kind == "response.create":
+        event["_parsed"] = _parse_response_create(event.get("response"), f"{param}.response")
     return event
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_event", message, param=param)
+
+
+def _image_url(part: dict[str, Any], param: str) -> str:
+    """An input_image part as a URL: a ``data:`` URL (base64) or an https URL."""
+    limit = server_config().max_frame_bytes
+    url = part.get("image_url")
+    if isinstance(url, dict):  # chat-completions shape {"url": ...}
+        url = url.get("url")
+    if url is None and isinstance(part.get("image"), str):  # bare base64
+        mime = part.get("mime_type", "image/jpeg")
+        if mime not in IMAGE_TYPES:
+            raise _bad(f"{param}.mime_type", f"mime_type must be one of {', '.join(IMAGE_TYPES)}")
+        url = f"data:{mime};base64,{part['image']}"
+    if not isinstance(url, str):
+        raise _bad(param, "input_image needs 'image_url' (a data: or https: URL) or 'image'")
+    if url.startswith("https://") or url.startswith("http://"):
+        return url
+    header, sep, payload = url.partition(",")
+    mime = header.removeprefix("data:").removesuffix(";base64")
+    if not sep or not header.startswith("data:") or not header.endswith(";base64"):
+        raise _bad(param, "image_url must be a base64 data: URL or an http(s) URL")
+    if mime not in IMAGE_TYPES:
+        raise _bad(param, f"image type must be one of {', '.join(IMAGE_TYPES)}")
+    try:
+        size = len(base64.b64decode(payload, validate=True))
+    except (binascii.Error, ValueError):
+        raise _bad(param, "image data is not valid base64") from None
+    if size > limit:
+        raise ApiError(413, "image_too_large", f"images are limited to {limit} bytes", param=param)
+    return url
+
+
+def _parse_item(item: Any, param: str) -> tuple[str, str, list[str]]:
+    """conversation.item.create's item → (role, text, image URLs)."""
+    if not isinstance(item, dict):
+        raise _bad(param, "conversation.item.create needs an 'item' object")
+    if item.get("type", "message") != "message":
+        raise _bad(f"{param}.type", "only items of type 'message' are supported")
+    role = item.get("role", "user")
+    if role not in ROLES:
+        raise _bad(f"{param}.role", f"role must be one of {', '.join(ROLES)}")
+    content = item.get("content")
+    if not isinstance(content, list) or not content:
+        raise _bad(f"{param}.content", "content must be a non-empty list of parts")
+    texts: list[str] = []
+    images: list[str] = []
+    for i, part in enumerate(content):
+        where = f"{param}.content[{i}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "text"):
+            if not isinstance(part.get("text"), str):
+                raise _bad(f"{where}.text", "a text part needs a string 'text'")
+            texts.append(part["text"])
+        elif kind == "input_image" and role == "user":
+            images.append(_image_url(part, where))
+        else:
+            raise _bad(f"{where}.type", "parts are input_text (or text), or input_image for users")
+    return role, " ".join(texts), images
+
+
+def _parse_response_create(response: Any, param: str) -> str | None:
+    """response.create's optional ``response.instructions``."""
+    if response is None:
+        return None
+    if not isinstance(response, dict):
+        raise _bad(param, "'response' must be an object")
+    instructions = response.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise _bad(f"{param}.instructions", "instructions must be a string")
+    return instructions
 
 
 @bp.post("/api/sessions/<session_id>/events")
 async def post_events(session_id: str) -> Response:
     session = authorised_session(session_id)
     with session.request():
-        data = await json_body(allow_empty=False)
+        cfg = server_config()
+        # room for one base64 image in conversation.item.create
+        data = await json_body(
+            allow_empty=False, limit=cfg.max_json_bytes + cfg.max_frame_bytes * 4 // 3
+        )
         items = data if isinstance(data, list) else [data]
         try:
             events = [_validate_client_event(e, i) for i, e in enumerate(items)]
@@ -148,6 +226,10 @@ async def post_events(session_id: str) -> Response:
                     await session.commit_input()
                 elif event["type"] == "response.cancel":
                     session.cancel_response()
+                elif event["type"] == "conversation.item.create":
+                    session.add_user_item(*event["_parsed"])
+                elif event["type"] == "response.create":
+                    session.create_response(event["_parsed"])
         except ApiError as error:
             # The event stream hears about it too, as OpenAI Realtime clients expect.
             session.events.emit("error", error=error.error_object())

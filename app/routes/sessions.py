@@ -29,6 +29,7 @@ def _urls(session: Session) -> dict[str, str]:
         "stream_audio": f"{base}/stream_audio",
         "stop_stream": f"{base}/stop_stream",
         "events": f"{base}/events",
+        "upload_frame": f"{base}/upload_frame",
     }
 
 
