@@ -18,12 +18,19 @@ Figures (client-side, trio clock, one process on the same 2 cores as the server)
 
     .venv/bin/python bench/latency.py                         # 20 turns at 500 and 250 ms
     .venv/bin/python bench/latency.py --turns 6 --silence-ms 500
+    .venv/bin/python bench/latency.py --llm --turns 10 --silence-ms 500
+
+``--llm`` runs the ``llm`` responder against the tests' OpenAI-compatible fake server
+(started in this process) with a fixed time to first token and token rate, and prints how
+end of speech → first audio byte splits into transcript + first token + first sentence +
+TTS, against the time the whole answer takes to generate.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -37,6 +44,7 @@ from _common import ROOT, Server
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import SessionHandle
+from tests.fake_llm import FakeLlm, start_fake_llm
 from tests.speech import synthesize
 from tests.voice import Events, Stream, voiced_bounds, wer
 
@@ -75,12 +83,20 @@ def fmt(values: list[float]) -> str:
     return f"{pct(ms, 50):.0f} / {pct(ms, 95):.0f} ms (n={len(ms)})"
 
 
-async def converse(base_url: str, turns: list[Turn], silence_ms: int) -> dict[str, list[float]]:
+LLM_REPLY = (
+    "Sure, I can help with that. Here is a little more detail about your request, which "
+    "takes the model a while to finish generating."
+)
+
+
+async def converse(
+    base_url: str, turns: list[Turn], silence_ms: int, responder: str = "echo"
+) -> dict[str, list[float]]:
     speech = {t.text: synthesize((t.text,), gap_s=0.0, lead_s=0.0).samples for t in turns}
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
         r = await client.post(
             "/api/sessions",
-            json={"turn_detection": {"silence_duration_ms": silence_ms}},
+            json={"turn_detection": {"silence_duration_ms": silence_ms}, "responder": responder},
         )
         r.raise_for_status()
         body = r.json()
@@ -157,6 +173,8 @@ def measure(turns: list[Turn], events: Events, stream: Stream) -> dict[str, list
         "detected_partial": [],
         "barge_silence": [],
         "wer": [],
+        "transcript_to_first_token": [],
+        "first_token_to_first_byte": [],
     }
     samples = stream.samples
     t_start = stream.chunks[0][0]
@@ -166,6 +184,15 @@ def measure(turns: list[Turn], events: Events, stream: Stream) -> dict[str, list
     if len(started) != len(turns) or len(completed) != len(turns):
         print(f"  warning: {len(turns)} turns spoken, {len(started)} detected")
     nonzero = np.flatnonzero(samples)
+    for done in events.of("response.done"):
+        lat = done["response"]["latency"]
+        if lat["first_token_ms"] is not None and lat["first_audio_byte_ms"] is not None:
+            out["transcript_to_first_token"].append(
+                (lat["first_token_ms"] - lat["transcript_ms"]) / 1000
+            )
+            out["first_token_to_first_byte"].append(
+                (lat["first_audio_byte_ms"] - lat["first_token_ms"]) / 1000
+            )
     for i, turn in enumerate(turns):
         if i >= len(started) or i >= len(completed):
             break
@@ -198,9 +225,37 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--silence-ms", default="500,250")
+    parser.add_argument("--llm", action="store_true", help="llm responder, fake server")
+    parser.add_argument("--ttft-ms", type=int, default=300, help="fake LLM first token")
+    parser.add_argument("--token-ms", type=int, default=50, help="fake LLM per token")
     args = parser.parse_args()
+    async with trio.open_nursery() as nursery:
+        await run(args, nursery)
+        nursery.cancel_scope.cancel()
+
+
+async def run(args: argparse.Namespace, nursery: trio.Nursery) -> None:
     levels = [int(x) for x in args.silence_ms.split(",")]
     log_path = Path(tempfile.mkdtemp(prefix="voxwire-latency-")) / "server.log"
+    responder = "echo"
+    if args.llm:
+        fake = await start_fake_llm(
+            nursery,
+            FakeLlm(
+                reply=LLM_REPLY,
+                first_token_delay_s=args.ttft_ms / 1000,
+                token_delay_s=args.token_ms / 1000,
+            ),
+        )
+        os.environ["OPENAI_BASE_URL"] = fake.url
+        responder = "llm"
+        words = LLM_REPLY.split()
+        first = next(i for i, w in enumerate(words) if w.endswith("."))
+        print(
+            f"fake LLM: first token after {args.ttft_ms} ms, then {args.token_ms} ms per token; "
+            f"first sentence complete after {args.ttft_ms + first * args.token_ms} ms, "
+            f"whole answer after {args.ttft_ms + (len(words) - 1) * args.token_ms} ms"
+        )
     server = Server(log_path, ready_path="/readyz")
     await server.start()
     print(f"voxwire latency bench: server on {server.base_url}, log {log_path}")
@@ -212,7 +267,7 @@ async def main() -> None:
             ]
             cpu0 = server.cpu_s()
             t0 = trio.current_time()
-            figures = await converse(server.base_url, turns, silence_ms)
+            figures = await converse(server.base_url, turns, silence_ms, responder)
             cpu = (server.cpu_s() - cpu0) / (trio.current_time() - t0)
             print(
                 f"\n== silence_duration_ms {silence_ms}, {args.turns} turns, server CPU {cpu:.0%}"
@@ -222,6 +277,15 @@ async def main() -> None:
             print(f"speech onset -> first partial           : {fmt(figures['onset_partial'])}")
             print(f"speech_started -> first partial         : {fmt(figures['detected_partial'])}")
             print(f"barge-in speech_started -> silence      : {fmt(figures['barge_silence'])}")
+            if args.llm:
+                print(
+                    f"final transcript -> first token (server)  : "
+                    f"{fmt(figures['transcript_to_first_token'])}"
+                )
+                print(
+                    f"first token -> first audio byte (server)  : "
+                    f"{fmt(figures['first_token_to_first_byte'])}"
+                )
             w = figures["wer"]
             print(f"transcript WER mean {np.mean(w):.1%}, max {max(w):.1%}" if w else "no WER")
             goal = silence_ms / 1000
