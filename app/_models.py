@@ -39,10 +39,6 @@ class ModelHub:
         self._done = trio.Event()
 
     @property
-    def ready(self) -> bool:
-        return self._models is not None
-
-    @property
     def models(self) -> ModelSet:
         if self._models is None:
             raise RuntimeError("models are not loaded")
@@ -71,17 +67,24 @@ class ModelHub:
         """
         with trio.move_on_after(timeout_s):
             await self._done.wait()
+        error = self.unavailable()
+        if error is not None:
+            raise error
+        return self.models
+
+    def unavailable(self) -> ApiError | None:
+        """The 503 to answer while the models are not ready (``None`` once they are)."""
         if self._models is not None:
-            return self._models
+            return None
         if self.error is not None:
-            raise ApiError(
+            return ApiError(
                 503,
                 "models_unavailable",
                 f"the models failed to load: {self.error}",
                 error_type="server_error",
                 headers={"Retry-After": "30"},
             )
-        raise ApiError(
+        return ApiError(
             503,
             "models_loading",
             "the models are still loading",

@@ -26,6 +26,7 @@ import numpy as np
 import trio
 
 from app._conversation import Conversation, Item, spoken_prefix
+from app._errors import ApiError
 from audio import StreamResampler
 from audio.turn import SpeechStarted, SpeechStopped, TurnDetector, TurnEvent
 from models import ModelError, Responder, ResponseRequest, SentenceCutter, VadState
@@ -792,7 +793,8 @@ class Pipeline:
     def _error(
         self, code: str, message: str, *, error_type: str = "server_error"
     ) -> dict[str, Any]:
-        error = {"type": error_type, "code": code, "message": message, "param": None}
+        status = 400 if error_type == "invalid_request_error" else 500
+        error = ApiError(status, code, message, error_type=error_type).error_object()
         self._events.emit("error", error=error)
         return error
 

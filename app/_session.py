@@ -189,14 +189,9 @@ class Session:
     def update_config(self, patch: object) -> SessionConfig:
         """Apply a session.update; emits ``session.updated``."""
         config = validate_session_config(patch, self.config, update=True)
-        if config.responder != "loopback" and not self._hub.ready:
-            raise ApiError(
-                503,
-                "models_loading",
-                "the models are not loaded yet",
-                error_type="server_error",
-                headers={"Retry-After": "2"},
-            )
+        error = None if config.responder == "loopback" else self._hub.unavailable()
+        if error is not None:
+            raise error
         self.config = config
         self.events.emit("session.updated", session=self.describe())
         return self.config
@@ -289,13 +284,24 @@ class Session:
                 f"a session accepts at most {self._server.max_session_audio_s:g} s of audio",
             )
 
-    async def _send_audio(self, samples: np.ndarray[Any, np.dtype[np.int16]], rate: int) -> None:
-        """Hand samples to ingest, waiting at most the backpressure timeout."""
+    async def _to_ingest(self, item: AudioChunk | Control) -> bool:
+        """Hand ``item`` to ingest; ``False`` if it did not fit within the backpressure
+        timeout.
+
+        Raises:
+            ApiError: 404 when the session has ended.
+        """
         with trio.move_on_after(self._server.upload_backpressure_timeout_s):
             try:
-                await self._ingest_send.send(AudioChunk(samples, rate))
+                await self._ingest_send.send(item)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise ApiError(404, "session_not_found", "The session ended.") from None
+            return True
+        return False
+
+    async def _send_audio(self, samples: np.ndarray[Any, np.dtype[np.int16]], rate: int) -> None:
+        """Hand samples to ingest, waiting at most the backpressure timeout."""
+        if await self._to_ingest(AudioChunk(samples, rate)):
             return
         self.stats.throttled += 1
         self._metrics.upload_throttled.inc()
@@ -372,11 +378,7 @@ class Session:
         await self._send_control(Control("commit"))
 
     async def _send_control(self, control: Control) -> None:
-        with trio.move_on_after(self._server.upload_backpressure_timeout_s):
-            try:
-                await self._ingest_send.send(control)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise ApiError(404, "session_not_found", "The session ended.") from None
+        if await self._to_ingest(control):
             return
         raise ApiError(
             429,

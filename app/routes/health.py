@@ -31,23 +31,9 @@ async def readyz() -> Response:
             error_type="server_error",
             headers={"Retry-After": "5"},
         )
-    hub = models()
-    if not hub.ready:
-        if hub.error is not None:
-            raise ApiError(
-                503,
-                "models_unavailable",
-                f"the models failed to load: {hub.error}",
-                error_type="server_error",
-                headers={"Retry-After": "30"},
-            )
-        raise ApiError(
-            503,
-            "models_loading",
-            "the models are still loading",
-            error_type="server_error",
-            headers={"Retry-After": "2"},
-        )
+    error = models().unavailable()
+    if error is not None:
+        raise error
     return jsonify({"status": "ready", "sessions": len(registry())})
 
 
