@@ -13,10 +13,10 @@ import trio
 from tests.conftest import create_session
 from tests.fake_llm import FakeLlm, start_fake_llm
 from tests.speech import synthesize
-from tests.voice import Events, Stream, wer
+from tests.voice import Events, Stream, post_events, push_to_talk, wer
 
 if TYPE_CHECKING:
-    from tests.conftest import Running, SessionHandle, StartServer
+    from tests.conftest import Running, StartServer
 
 KEY = "sk-test-secret-0123456789"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -47,11 +47,6 @@ async def client(llm_server: Running) -> Any:
         yield c
 
 
-async def post_events(client: httpx.AsyncClient, s: SessionHandle, *events: Any) -> None:
-    r = await client.post(f"/api/sessions/{s.id}/events", headers=s.auth, json=list(events))
-    assert r.status_code == 200, r.text
-
-
 def say(text: str) -> dict[str, Any]:
     return {
         "type": "conversation.item.create",
@@ -67,8 +62,7 @@ CREATE = {"type": "response.create"}
 
 
 async def nth_done(events: Events, n: int) -> dict[str, Any]:
-    await events.wait_for("response.done", lambda e: len(events.of("response.done")) >= n)
-    return events.of("response.done")[n - 1]
+    return await events.nth("response.done", n)
 
 
 async def test_tokens_stream_out_and_speech_starts_before_the_last_token(
@@ -259,11 +253,7 @@ async def test_a_spoken_turn_goes_to_the_llm(client: httpx.AsyncClient, fake: Fa
     async with trio.open_nursery() as nursery:
         nursery.start_soon(events.run, client, s)
         await events.wait_for("session.created")
-        r = await client.post(
-            f"/api/sessions/{s.id}/upload_audio", headers=s.auth, content=speech.tobytes()
-        )
-        assert r.status_code == 204
-        await post_events(client, s, {"type": "input_audio_buffer.commit"})
+        await push_to_talk(client, s, speech)
         done = await nth_done(events, 1)
         nursery.cancel_scope.cancel()
     assert done["response"]["status"] == "completed"

@@ -16,6 +16,8 @@ from tests.voice import (
     CHUNK_MS,
     Events,
     Stream,
+    post_events,
+    push_to_talk,
     realtime_chunks,
     upload,
     voiced_bounds,
@@ -203,23 +205,15 @@ async def test_barge_in_silences_the_reply_and_reports_what_was_played(
     assert await metric(client, "voxwire_barge_ins_total") == 1
 
 
-async def post_events(client: httpx.AsyncClient, s: SessionHandle, *events: Any) -> None:
-    r = await client.post(f"/api/sessions/{s.id}/events", headers=s.auth, json=list(events))
-    assert r.status_code == 200, r.text
-
-
 async def test_push_to_talk_commit_clear_and_empty_commit(client: httpx.AsyncClient) -> None:
     speech16 = synthesize((SENTENCE,), gap_s=0.3, lead_s=0.3).samples
     speech48 = StreamResampler(16000, 48000).feed(speech16, last=True)
     s = await create_session(client, turn_detection=None, input_sample_rate=48000)
     events = Events()
-    url = f"/api/sessions/{s.id}/upload_audio"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(events.run, client, s)
         await events.wait_for("session.created")
-        r = await client.post(url, headers=s.auth, content=speech48.astype("<i2").tobytes())
-        assert r.status_code == 204
-        await post_events(client, s, {"type": "input_audio_buffer.commit"})
+        await push_to_talk(client, s, speech48)
         completed = await events.wait_for("conversation.item.input_audio_transcription.completed")
         assert wer(SENTENCE, completed["transcript"]) <= 0.2, completed["transcript"]
         done = await events.wait_for("response.done")
@@ -229,8 +223,7 @@ async def test_push_to_talk_commit_clear_and_empty_commit(client: httpx.AsyncCli
         error = await events.wait_for("error")
         assert error["error"]["code"] == "input_audio_buffer_commit_empty"
         # cleared audio is gone: the commit after it finds nothing
-        r = await client.post(url, headers=s.auth, content=speech48.astype("<i2").tobytes())
-        assert r.status_code == 204
+        await upload(client, s, speech48.astype("<i2").tobytes())
         await post_events(
             client, s, {"type": "input_audio_buffer.clear"}, {"type": "input_audio_buffer.commit"}
         )
@@ -251,11 +244,7 @@ async def test_response_cancel_stops_the_reply(client: httpx.AsyncClient) -> Non
         nursery.start_soon(events.run, client, s)
         nursery.start_soon(stream.run, client, s)
         await events.wait_for("session.created")
-        r = await client.post(
-            f"/api/sessions/{s.id}/upload_audio", headers=s.auth, content=speech.tobytes()
-        )
-        assert r.status_code == 204
-        await post_events(client, s, {"type": "input_audio_buffer.commit"})
+        await push_to_talk(client, s, speech)
         await stream.first_audio.wait()
         await trio.sleep(0.5)
         await post_events(client, s, {"type": "response.cancel"})
@@ -297,13 +286,8 @@ async def test_a_model_failure_fails_one_response_and_the_sessions_carry_on(
     fine = synthesize(("What is the weather like tomorrow?",), gap_s=0.3, lead_s=0.3).samples
 
     async def turn(s: SessionHandle, events: Events, audio: np.ndarray, n: int) -> dict[str, Any]:
-        r = await client.post(
-            f"/api/sessions/{s.id}/upload_audio", headers=s.auth, content=audio.tobytes()
-        )
-        assert r.status_code == 204
-        await post_events(client, s, {"type": "input_audio_buffer.commit"})
-        await events.wait_for("response.done", lambda e: len(events.of("response.done")) >= n)
-        return events.of("response.done")[n - 1]
+        await push_to_talk(client, s, audio)
+        return await events.nth("response.done", n)
 
     a = await create_session(client, turn_detection=None)
     b = await create_session(client, turn_detection=None)

@@ -67,6 +67,11 @@ class Events:
     def time_of(self, event: dict[str, Any]) -> float:
         return next(t for t, e in self.got if e is event)
 
+    async def nth(self, kind: str, n: int) -> dict[str, Any]:
+        """The ``n``-th event (from 1) of ``kind``, waiting for it."""
+        await self.wait_for(kind, lambda e: len(self.of(kind)) >= n)
+        return self.of(kind)[n - 1]
+
     def types(self) -> list[str]:
         return [e["type"] for _, e in self.got]
 
@@ -149,9 +154,22 @@ async def realtime_chunks(
         await trio.sleep_until(t0 + (i + 1) * step / rate)
 
 
-async def upload(client: httpx.AsyncClient, s: SessionHandle, body: AsyncIterator[bytes]) -> None:
+async def upload(
+    client: httpx.AsyncClient, s: SessionHandle, body: bytes | AsyncIterator[bytes]
+) -> None:
     r = await client.post(f"/api/sessions/{s.id}/upload_audio", headers=s.auth, content=body)
     assert r.status_code == 204, r.text
+
+
+async def post_events(client: httpx.AsyncClient, s: SessionHandle, *events: Any) -> None:
+    r = await client.post(f"/api/sessions/{s.id}/events", headers=s.auth, json=list(events))
+    assert r.status_code == 200, r.text
+
+
+async def push_to_talk(client: httpx.AsyncClient, s: SessionHandle, samples: np.ndarray) -> None:
+    """Upload a whole turn at once, then commit it."""
+    await upload(client, s, samples.astype("<i2").tobytes())
+    await post_events(client, s, {"type": "input_audio_buffer.commit"})
 
 
 def ms_to_samples(ms: float, rate: int = 16000) -> int:
