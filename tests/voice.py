@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -170,7 +169,3 @@ async def push_to_talk(client: httpx.AsyncClient, s: SessionHandle, samples: np.
     """Upload a whole turn at once, then commit it."""
     await upload(client, s, samples.astype("<i2").tobytes())
     await post_events(client, s, {"type": "input_audio_buffer.commit"})
-
-
-def ms_to_samples(ms: float, rate: int = 16000) -> int:
-    return math.floor(ms * rate / 1000)
