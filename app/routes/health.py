@@ -42,7 +42,32 @@ async def metrics_text() -> Response:
     return Response(generate_latest(metrics().registry), content_type=CONTENT_TYPE_LATEST)
 
 
+# The page's files, by name: a fixed set, so no path from the URL ever reaches the disk.
+WEB_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "capture-worklet.js": "text/javascript; charset=utf-8",
+    "playback-worklet.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+
+
+async def _web_file(name: str) -> Response:
+    web: Path = current_app.config["VOXWIRE_WEB_DIR"]
+    response = await send_file(web / name, mimetype=WEB_FILES[name])
+    # Always revalidate: a stale app.js against a newer server is a confusing failure.
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 @bp.get("/")
 async def index() -> Response:
-    web: Path = current_app.config["VOXWIRE_WEB_DIR"]
-    return await send_file(web / "index.html", mimetype="text/html")
+    return await _web_file("index.html")
+
+
+@bp.get("/web/<name>")
+async def web_file(name: str) -> Response:
+    if name not in WEB_FILES:
+        raise ApiError(404, "not_found", f"no such file: {name}")
+    return await _web_file(name)
