@@ -196,3 +196,18 @@ async def test_health_ready_metrics_and_page(client: httpx.AsyncClient) -> None:
     page = await client.get("/")
     assert page.status_code == 200
     assert "voxwire" in page.text
+
+
+async def test_page_files_are_served_by_name_only(client: httpx.AsyncClient) -> None:
+    page = await client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    for name in ("/web/app.js", "/web/capture-worklet.js", "/web/playback-worklet.js"):
+        r = await client.get(name)
+        assert r.status_code == 200, name
+        assert r.headers["content-type"].startswith("text/javascript")
+        assert r.headers["cache-control"] == "no-cache"
+        assert r.headers["x-content-type-options"] == "nosniff"
+    for bad in ("/web/nope.js", "/web/..%2Fpyproject.toml", "/web/index.htm"):
+        r = await client.get(bad)
+        assert r.status_code == 404, bad
+        assert r.headers["content-type"] == "application/json"
