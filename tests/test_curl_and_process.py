@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -151,3 +152,84 @@ async def test_sigterm_drains_streams_and_exits(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_curl_recipe_talks_with_real_speech(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """docs/clients.md's recipe: `curl -N` events and stream, a live mic piped to `curl -T -`.
+
+    The "microphone" is Piper speech written to curl's stdin in real time, as arecord would.
+    """
+    from tests.speech import synthesize
+    from tests.voice import realtime_chunks, wer
+
+    text = "What time does the library open tomorrow?"
+    speech = synthesize((text,), lead_s=0.5)
+    s = await create_session(client)
+    base = str(client.base_url).rstrip("/")
+    auth = f"Authorization: Bearer {s.token}"
+    saved = tmp_path / "reply.wav"
+    events = bytearray()
+    replied = trio.Event()
+
+    async def read_events(task_status: trio.TaskStatus[None]) -> None:
+        proc = await trio.lowlevel.open_process(
+            ["curl", "-sN", "-H", auth, base + s.urls["events"]], stdout=subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        task_status.started()
+        try:
+            async for data in proc.stdout:
+                events.extend(data)
+                if b'"response.done"' in events:
+                    replied.set()
+        finally:
+            proc.kill()
+            with trio.CancelScope(shield=True):
+                await proc.wait()
+
+    stream_cmd = ["curl", "-sN", "--max-time", "15", "-o", str(saved), "-H", auth]
+    upload_cmd = ["curl", "-sS", "-T", "-", "-w", "%{http_code}", "-o", "/dev/null", "-H", auth]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(read_events)
+        nursery.start_soon(
+            partial(trio.run_process, [*stream_cmd, base + s.urls["stream_audio"]], check=False)
+        )
+        await trio.sleep(0.3)
+        up = await trio.lowlevel.open_process(
+            [*upload_cmd, base + s.urls["upload_audio"]],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert up.stdin is not None
+            assert up.stdout is not None
+            async for chunk in realtime_chunks(speech.samples, then_silence_s=1.0):
+                await up.stdin.send_all(chunk)
+            await up.stdin.aclose()
+            assert await up.stdout.receive_some() == b"204"
+        finally:
+            up.kill()
+            with trio.CancelScope(shield=True):
+                await up.wait()
+        with trio.fail_after(15):
+            await replied.wait()
+        await trio.sleep(0.5)  # curl writes what it has received to the file
+        nursery.cancel_scope.cancel()
+
+    lines = [ln[6:] for ln in events.decode().splitlines() if ln.startswith("data: ")]
+    parsed = [json.loads(ln) for ln in lines]
+    final = next(
+        e["transcript"]
+        for e in parsed
+        if e["type"] == "conversation.item.input_audio_transcription.completed"
+    )
+    assert wer(text, final) <= 0.2, final
+    done = next(e for e in parsed if e["type"] == "response.done")
+    assert done["response"]["status"] == "completed"
+    # The saved stream is a WAV whose reply part is the echo, audible.
+    data = saved.read_bytes()
+    assert data[:4] == b"RIFF"
+    pcm = np.frombuffer(data[44 : 44 + (len(data) - 44) // 2 * 2], "<i2")
+    assert np.count_nonzero(np.abs(pcm) > 300) > 16000 * 0.8
