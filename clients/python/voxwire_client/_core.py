@@ -1,0 +1,420 @@
+"""The sans-IO core shared by the async and the sync client.
+
+Everything here is plain data and pure functions: request descriptions, response and error
+parsing, the upload retry policy, PCM alignment and chunking, the streamed WAV header and
+the SSE cursor. The two I/O shells (``_async`` on trio + ``httpx.AsyncClient``, ``_sync`` on
+``httpx.Client``) only send what is described here and sleep where told to.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from httpx_sse import ServerSentEvent
+
+#: Mono PCM16 little-endian bytes, or an int16 (or float in [-1, 1]) array.
+PcmLike = bytes | bytearray | memoryview | np.ndarray
+#: What ``stream_pcm`` takes: PCM, or an iterable of PCM pieces split anywhere.
+PcmSource = PcmLike | Iterable[PcmLike]
+AsyncPcmSource = PcmLike | Iterable[PcmLike] | AsyncIterable[PcmLike]
+
+#: Sample rates the server accepts for ``input_sample_rate`` and ``output_sample_rate``.
+ALLOWED_RATES: frozenset[int] = frozenset(
+    {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000}
+)
+DEFAULT_RATE = 16000
+WAV_HEADER_BYTES = 44
+#: Below the server's ``max_sequenced_upload_bytes`` (1 MiB): bigger uploads are split.
+MAX_UPLOAD_PIECE_BYTES = 512 * 1024
+MAX_UPLOAD_RETRIES = 5
+#: A ``Retry-After`` longer than this is not waited out (the error is raised instead).
+MAX_RETRY_AFTER_S = 10.0
+MAX_EVENT_RECONNECTS = 3
+
+#: Plain requests; an upload may legitimately wait ~5 s for the session (then 429).
+REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+#: ``stream_audio`` writes every 20 ms, so 10 s without a byte means the stream is dead.
+AUDIO_TIMEOUT = httpx.Timeout(10.0)
+#: ``events`` sends a ``: ping`` after 15 s of quiet.
+EVENTS_TIMEOUT = httpx.Timeout(10.0, read=45.0)
+
+
+class VoxwireError(Exception):
+    """An error answer from the server, or a response the client cannot use.
+
+    Attributes:
+        status: The HTTP status (0 when the problem is in a stream's content).
+        code: The server's error code, e.g. ``session_not_found`` or ``sequence_gap``.
+        message: The server's human-readable message.
+        param: What the error is about (``"turn_detection.threshold"``), if the server said.
+        retry_after: Seconds from the ``Retry-After`` header, if any.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(status, code, message, param)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        where = f" (param {self.param})" if self.param else ""
+        return f"{self.status} {self.code}: {self.message}{where}"
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One HTTP request to make, and the statuses that mean success."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+    content: bytes | None = None
+    ok: tuple[int, ...] = (200,)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``httpx.(Async)Client.request``."""
+        out: dict[str, Any] = {"headers": self.headers}
+        if self.json is not None:
+            out["json"] = self.json
+        if self.content is not None:
+            out["content"] = self.content
+        return out
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def join_url(base_url: str, path: str) -> str:
+    return base_url.rstrip("/") + path
+
+
+def create_call(base_url: str, config: Mapping[str, Any], api_key: str | None) -> Call:
+    """``POST /api/sessions`` with the session config (omitted when empty)."""
+    return Call(
+        "POST",
+        join_url(base_url, "/api/sessions"),
+        bearer(api_key) if api_key else {},
+        json=dict(config) if config else None,
+        ok=(201,),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What ``POST /api/sessions`` returned: identity, credentials and config."""
+
+    base_url: str
+    id: str
+    token: str
+    config: dict[str, Any]
+
+    @classmethod
+    def from_created(cls, base_url: str, body: Any) -> SessionInfo:
+        if not isinstance(body, dict) or not {"id", "token", "config"} <= body.keys():
+            raise VoxwireError(201, "invalid_response", "session creation answer lacks id/token")
+        return cls(base_url, str(body["id"]), str(body["token"]), dict(body["config"]))
+
+    def url(self, suffix: str = "") -> str:
+        return join_url(self.base_url, f"/api/sessions/{self.id}{suffix}")
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return bearer(self.token)
+
+    def describe_call(self) -> Call:
+        return Call("GET", self.url(), self.auth)
+
+    def update_call(self, config: Mapping[str, Any]) -> Call:
+        return Call("PATCH", self.url(), self.auth, json=dict(config))
+
+    def delete_call(self) -> Call:
+        return Call("DELETE", self.url(), self.auth, ok=(204,))
+
+    def events_call(self, events: tuple[Mapping[str, Any], ...]) -> Call:
+        return Call("POST", self.url("/events"), self.auth, json=[dict(e) for e in events])
+
+    def stop_stream_call(self) -> Call:
+        return Call("POST", self.url("/stop_stream"), self.auth)
+
+    def upload_call(self, sequence: int, pcm: bytes, rate: int | None = None) -> Call:
+        """A sequenced upload: idempotent, so it may be retried with the same number."""
+        headers = {
+            **self.auth,
+            "X-Sequence": str(sequence),
+            # Little-endian PCM16; the rate is the session's unless given.
+            "Content-Type": "application/octet-stream"
+            if rate is None
+            else f"audio/pcm;rate={rate}",
+        }
+        return Call("POST", self.url("/upload_audio"), headers, content=pcm, ok=(204,))
+
+    def stream_audio_request(self) -> tuple[str, dict[str, str]]:
+        return self.url("/stream_audio"), self.auth
+
+    def events_request(self, last_event_id: int | None) -> tuple[str, dict[str, str]]:
+        headers = dict(self.auth)
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        return self.url("/events"), headers
+
+
+# -- responses ---------------------------------------------------------------------------
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:  # an HTTP date: not something this server sends
+        return None
+
+
+def error_from(status: int, headers: httpx.Headers, content: bytes) -> VoxwireError:
+    """The server's JSON error body as a :class:`VoxwireError` (any other body too)."""
+    retry = _retry_after(headers)
+    try:
+        body = json.loads(content)
+        err = body["error"]
+        return VoxwireError(
+            status,
+            str(err.get("code") or err.get("type") or f"http_{status}"),
+            str(err.get("message", "")),
+            err.get("param"),
+            retry_after=retry,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        # Not ours (a proxy's HTML page, an empty body): keep the status and a snippet.
+        text = content[:200].decode("utf-8", "replace").strip()
+        return VoxwireError(status, f"http_{status}", text or "no error body", retry_after=retry)
+
+
+def check(call: Call, response: httpx.Response) -> Any:
+    """The parsed JSON body of a successful answer (``None`` for an empty one).
+
+    Raises:
+        VoxwireError: the status is not one ``call`` accepts.
+    """
+    if response.status_code not in call.ok:
+        raise error_from(response.status_code, response.headers, response.content)
+    return response.json() if response.content else None
+
+
+def upload_retry_delay(error: VoxwireError | None, attempt: int) -> float | None:
+    """Seconds to wait before retrying a sequenced upload, or ``None`` to give up.
+
+    Args:
+        error: The server's refusal, or ``None`` for a transport failure (the request or
+            its answer was lost: a retry with the same ``X-Sequence`` is a no-op if it
+            had arrived).
+        attempt: How many retries were already made.
+    """
+    if attempt >= MAX_UPLOAD_RETRIES:
+        return None
+    if error is None:
+        return 0.25 * 2.0**attempt
+    if error.status in (429, 503) and error.retry_after is not None:
+        return error.retry_after if error.retry_after <= MAX_RETRY_AFTER_S else None
+    if error.status == 409 and error.code == "upload_in_progress":
+        # An earlier attempt of ours is still running on the server (we gave up on it).
+        return 0.5
+    return None
+
+
+# -- audio -------------------------------------------------------------------------------
+
+
+def as_pcm16(data: PcmLike) -> bytes:
+    """PCM16 little-endian bytes from bytes or an int16 (or float in [-1, 1]) array."""
+    if isinstance(data, np.ndarray):
+        if data.dtype.kind == "f":
+            data = np.clip(np.round(data * 32767), -32768, 32767)
+        return data.astype("<i2").tobytes()
+    return bytes(data)
+
+
+class PcmChunker:
+    """Cuts a byte stream into whole-sample chunks of a fixed size.
+
+    Bytes may arrive in any split (an odd byte is carried); :meth:`flush` returns what is
+    left, still sample aligned (a lone trailing byte of a broken stream is dropped).
+    """
+
+    def __init__(self, chunk_bytes: int) -> None:
+        if chunk_bytes <= 0 or chunk_bytes % 2:
+            raise ValueError("chunk_bytes must be a positive even number")
+        self.chunk_bytes = chunk_bytes
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._pending += data
+        n = len(self._pending) // self.chunk_bytes * self.chunk_bytes
+        chunks = [
+            bytes(self._pending[i : i + self.chunk_bytes]) for i in range(0, n, self.chunk_bytes)
+        ]
+        del self._pending[:n]
+        return chunks
+
+    def flush(self) -> bytes:
+        cut = len(self._pending) // 2 * 2
+        out = bytes(self._pending[:cut])
+        self._pending.clear()
+        return out
+
+
+class OddByteCarry:
+    """Keeps uploads sample aligned when the caller's pieces are not."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+
+    def align(self, data: bytes) -> bytes:
+        data = self._carry + data
+        cut = len(data) // 2 * 2
+        self._carry = data[cut:]
+        return data[:cut]
+
+
+def split_upload(pcm: bytes) -> list[bytes]:
+    """Pieces small enough for one sequenced upload each (sample aligned)."""
+    step = MAX_UPLOAD_PIECE_BYTES
+    return [pcm[i : i + step] for i in range(0, len(pcm), step)]
+
+
+def chunk_bytes_for(rate: int, chunk_ms: int) -> int:
+    samples = rate * chunk_ms // 1000
+    if samples <= 0:
+        raise ValueError("chunk_ms is too small for this rate")
+    return 2 * samples
+
+
+class WavStreamReader:
+    """Strips the 44-byte header of ``stream_audio`` and yields sample-aligned PCM16."""
+
+    def __init__(self) -> None:
+        self._head = bytearray()
+        self._carry = OddByteCarry()
+        self.sample_rate: int | None = None
+        self.channels = 1
+
+    @property
+    def ready(self) -> bool:
+        return self.sample_rate is not None
+
+    def feed(self, data: bytes) -> bytes:
+        """PCM16 bytes in ``data`` past the header (empty until the header is complete).
+
+        Raises:
+            VoxwireError: the stream does not start with a PCM16 WAV header.
+        """
+        if self.sample_rate is None:
+            self._head += data
+            if len(self._head) < WAV_HEADER_BYTES:
+                return b""
+            self._parse(bytes(self._head[:WAV_HEADER_BYTES]))
+            data = bytes(self._head[WAV_HEADER_BYTES:])
+            self._head.clear()
+        return self._carry.align(data)
+
+    def _parse(self, head: bytes) -> None:
+        riff, _, wave, fmt, _, audio_format, channels, rate, _, _, bits, data = struct.unpack(
+            "<4sI4s4sIHHIIHH4s", head[:40]
+        )
+        if (riff, wave, fmt, data) != (b"RIFF", b"WAVE", b"fmt ", b"data") or (
+            audio_format,
+            bits,
+        ) != (1, 16):
+            raise VoxwireError(
+                0, "invalid_stream", "stream_audio did not start with a PCM16 WAV header"
+            )
+        self.sample_rate = rate
+        self.channels = channels
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One server event: its ``type``, the whole JSON object, and its SSE id.
+
+    ``event["transcript"]`` and ``event.get("delta")`` read fields of ``data``.
+    """
+
+    type: str
+    data: dict[str, Any]
+    id: int | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+
+class EventCursor:
+    """Turns SSE messages into :class:`Event` and remembers where to resume.
+
+    After a dropped connection the stream is reopened with ``Last-Event-ID`` (so nothing
+    is lost or repeated), at most :data:`MAX_EVENT_RECONNECTS` times in a row.
+    """
+
+    def __init__(self) -> None:
+        self.last_event_id: int | None = None
+        self.retry_s = 1.0
+        self.failures = 0
+
+    def observe(self, sse: ServerSentEvent) -> Event | None:
+        if sse.retry is not None:
+            self.retry_s = sse.retry / 1000
+        if not sse.data:  # ``retry:`` lines and ``: ping`` comments
+            return None
+        try:
+            data = json.loads(sse.data)
+        except ValueError as exc:
+            raise VoxwireError(0, "invalid_event", f"event is not JSON: {sse.data[:80]!r}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise VoxwireError(0, "invalid_event", f"event has no type: {sse.data[:80]!r}")
+        event_id: int | None = None
+        if sse.id:
+            try:
+                event_id = int(sse.id)
+            except ValueError:
+                event_id = None
+        if event_id is not None:
+            self.last_event_id = event_id
+        self.failures = 0
+        return Event(data["type"], data, event_id)
+
+    def reconnect_delay(self) -> float | None:
+        """Seconds to wait before reconnecting after a transport error, or ``None``."""
+        if self.failures >= MAX_EVENT_RECONNECTS:
+            return None
+        self.failures += 1
+        return self.retry_s
