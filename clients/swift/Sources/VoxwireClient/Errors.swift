@@ -1,0 +1,83 @@
+import Foundation
+
+/// An error answered by the server, decoded from its OpenAI-style JSON body:
+///
+/// ```json
+/// {"type": "error", "error": {"type": "invalid_request_error", "code": "sequence_gap",
+///                             "message": "expected X-Sequence 2, got 3", "param": "X-Sequence"}}
+/// ```
+///
+/// `error` server events carry the same object (see ``VoxwireEvent/error``); they have no
+/// HTTP status, so theirs is 0.
+public struct VoxwireError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The HTTP status (0 for an `error` server event).
+    public let status: Int
+    /// The machine-readable code, e.g. `sequence_gap`, `session_not_found`.
+    public let code: String
+    /// The human-readable message.
+    public let message: String
+    /// The offending parameter or header, e.g. `X-Sequence`, `turn_detection.threshold`.
+    public let param: String?
+    /// The error class, e.g. `invalid_request_error`, `authentication_error`.
+    public let type: String?
+    /// `Retry-After` in seconds (429 and 503).
+    public let retryAfter: TimeInterval?
+
+    public init(
+        status: Int, code: String, message: String, param: String? = nil, type: String? = nil,
+        retryAfter: TimeInterval? = nil
+    ) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.type = type
+        self.retryAfter = retryAfter
+    }
+
+    public var description: String {
+        let suffix = param.map { " (\($0))" } ?? ""
+        return "voxwire \(status) \(code): \(message)\(suffix)"
+    }
+
+    /// The wire format of an error body.
+    struct Body: Decodable {
+        struct Inner: Decodable {
+            let type: String?
+            let code: String?
+            let message: String?
+            let param: String?
+        }
+        let error: Inner
+    }
+
+    /// Decodes an error response; a body that is not voxwire's JSON still gives an error.
+    init(response: HTTPURLResponse, body: Data) {
+        let retryAfter = response.value(forHTTPHeaderField: "Retry-After").flatMap(TimeInterval.init)
+        if let decoded = try? JSONDecoder().decode(Body.self, from: body) {
+            self.init(
+                status: response.statusCode, code: decoded.error.code ?? "error",
+                message: decoded.error.message ?? "", param: decoded.error.param,
+                type: decoded.error.type, retryAfter: retryAfter)
+        } else {
+            let text = String(decoding: body.prefix(200), as: UTF8.self)
+            self.init(
+                status: response.statusCode, code: "http_\(response.statusCode)",
+                message: text.isEmpty ? HTTPURLResponse.localizedString(
+                    forStatusCode: response.statusCode) : text,
+                retryAfter: retryAfter)
+        }
+    }
+}
+
+/// Failures detected on this side of the wire.
+public enum VoxwireClientError: Error, Sendable, Equatable {
+    /// The uploader already holds `pendingChunks` unsent chunks (see
+    /// ``AudioUploader/maxPendingChunks``): the audio offered was not queued.
+    case uploadBacklogFull(pendingChunks: Int)
+    /// The session was closed; nothing more can be sent.
+    case closed
+    /// A response the client cannot use (not HTTP, not the expected content type, a bad WAV
+    /// header...).
+    case invalidResponse(String)
+}
