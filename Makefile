@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench cluster clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest
+
+# N instances (one per core by default) behind a real proxy: `make cluster PROXY=haproxy`
+INSTANCES ?= 2
+PROXY ?= nginx
+cluster: $(STAMP)
+	$(PY) deploy/cluster.py --instances $(INSTANCES) --proxy $(PROXY)
 
 bench: $(STAMP)
 	$(PY) bench/transport.py

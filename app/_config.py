@@ -32,6 +32,10 @@ class ServerConfig:
     # sessions
     # measured: one process holds ~30-50 real-time sessions on one core (bench/README.md)
     max_sessions: int = 40
+    # Behind a hashing proxy: the request header through which the proxy picks a new
+    # session's id, so the id hashes to the instance that got the creation request
+    # (deploy/nginx.conf, deploy/haproxy.cfg). Only set it when the proxy overwrites it.
+    session_id_header: str = ""
     session_idle_ttl_s: float = 300.0
     reap_interval_s: float = 5.0
     default_responder: str = "echo"
@@ -85,6 +89,10 @@ class ServerConfig:
     response_timeout_s: float = 60.0
     keep_alive_timeout_s: float = 75.0
     graceful_timeout_s: float = 5.0
+    # After SIGTERM, keep listening this long while /readyz, creation and new streams
+    # answer 503: a load balancer's health check sees the instance leave before its
+    # port closes (open streams end at once). 0 closes the port right away.
+    shutdown_notice_s: float = 0.0
 
     def model_paths(self) -> ModelPaths:
         return ModelPaths(

@@ -59,12 +59,18 @@ class SessionRegistry:
             nursery.start_soon(self._reaper)
             task_status.started()
 
-    async def create(self, config: SessionConfig) -> Session:
+    async def create(self, config: SessionConfig, session_id: str | None = None) -> Session:
         """Start a new session in the registry's nursery.
+
+        Args:
+            config: The validated session config.
+            session_id: An id chosen by a trusted proxy (already validated); otherwise a
+                random one.
 
         Raises:
             ApiError: 503 with ``Retry-After`` when at the cap, draining, or the models are
-                not loaded (after waiting up to ``model_load_wait_s`` for them).
+                not loaded (after waiting up to ``model_load_wait_s`` for them); 409 when
+                the proxy's id is already in use.
         """
         if config.responder != "loopback":  # loopback is transport only: no models
             try:
@@ -90,8 +96,10 @@ class SessionRegistry:
                 error_type="server_error",
                 headers={"Retry-After": str(max(1, int(self._config.reap_interval_s)))},
             )
+        if session_id is not None and session_id in self._sessions:
+            raise ApiError(409, "session_id_in_use", "the proxy's session id is already in use")
         session = Session(
-            new_session_id(),
+            session_id or new_session_id(),
             secrets.token_urlsafe(32),
             config,
             self._config,

@@ -63,8 +63,9 @@ async def serve(
         else:
             await shutdown_trigger()
         app.config["VOXWIRE_REGISTRY"].drain()
-        # Let the ended responses flush their final chunk before hypercorn stops.
-        await trio.sleep(0.05)
+        # Let the ended responses flush their final chunk before hypercorn stops, and
+        # give load balancers the notice period to see /readyz fail.
+        await trio.sleep(max(0.05, config.shutdown_notice_s))
 
     await hypercorn_serve(
         app, hypercorn_config(config), shutdown_trigger=trigger, task_status=task_status

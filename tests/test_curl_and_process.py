@@ -120,8 +120,16 @@ def test_run_py_help_documents_flags() -> None:
 
 
 async def test_sigterm_drains_streams_and_exits(tmp_path: Path) -> None:
+    """SIGTERM: open streams end with their final chunk; for the notice period the port
+    stays open and creation, /readyz and new streams answer 503; then the process exits
+    within notice + graceful deadline."""
     port = _free_port()
-    env = os.environ | {"VOXWIRE_PORT": str(port), "VOXWIRE_GRACEFUL_TIMEOUT_S": "3"}
+    notice_s, graceful_s = 1.5, 3.0
+    env = os.environ | {
+        "VOXWIRE_PORT": str(port),
+        "VOXWIRE_GRACEFUL_TIMEOUT_S": str(graceful_s),
+        "VOXWIRE_SHUTDOWN_NOTICE_S": str(notice_s),
+    }
     proc = await trio.lowlevel.open_process(
         [sys.executable, "run.py", "--host", "127.0.0.1"],
         cwd=ROOT,
@@ -137,15 +145,36 @@ async def test_sigterm_drains_streams_and_exits(tmp_path: Path) -> None:
                             break
                     except httpx.TransportError:
                         await trio.sleep(0.1)
-            s = await create_session(client)
+            s = await create_session(client, responder="loopback")
             with trio.fail_after(10):
-                async with client.stream("GET", s.urls["stream_audio"], headers=s.auth) as r:
+                async with (
+                    client.stream("GET", s.urls["stream_audio"], headers=s.auth) as r,
+                    client.stream("GET", s.urls["events"], headers=s.auth) as ev,
+                ):
                     it = r.aiter_raw()
                     await it.__anext__()
+                    events_it = ev.aiter_raw()
+                    await events_it.__anext__()
                     proc.send_signal(signal.SIGTERM)
-                    rest = [c async for c in it]  # ends cleanly: final chunk, no error
+                    signalled = trio.current_time()
+                    # Both end cleanly (final chunk: no error raised) and promptly.
+                    rest = [c async for c in it]
                     assert sum(len(c) for c in rest) < 20_000
-        with trio.fail_after(10):
+                    _ = [c async for c in events_it]
+            # The notice period: still listening, refusing what would start new work.
+            assert trio.current_time() - signalled < notice_s
+            fresh = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5)
+            async with fresh:
+                created = await fresh.post("/api/sessions", json={"responder": "loopback"})
+                assert created.status_code == 503, created.text
+                assert created.headers["retry-after"]
+                ready = await fresh.get("/readyz")
+                assert ready.status_code == 503
+                assert ready.json()["error"]["code"] == "draining"
+                again = await fresh.get(s.urls["stream_audio"], headers=s.auth)
+                assert again.status_code == 503
+                assert again.json()["error"]["code"] == "draining"
+        with trio.fail_after(notice_s + graceful_s + 2):
             await proc.wait()
         assert proc.returncode == 0
     finally:

@@ -211,3 +211,33 @@ async def test_page_files_are_served_by_name_only(client: httpx.AsyncClient) -> 
         r = await client.get(bad)
         assert r.status_code == 404, bad
         assert r.headers["content-type"] == "application/json"
+
+
+async def test_a_trusted_proxy_names_sessions(start_server: StartServer) -> None:
+    """With ``session_id_header`` set, the proxy's id names the session (deploy/*.conf)."""
+    header = "X-Voxwire-Session-Id"
+    chosen = "sess_" + "ab12" * 8
+    plain = await start_server()
+    trusting = await start_server(session_id_header=header)
+    async with httpx.AsyncClient(base_url=plain.url) as c:
+        # Not configured: a client cannot pick its id.
+        r = await c.post("/api/sessions", json={"responder": "loopback"}, headers={header: chosen})
+        assert r.status_code == 201
+        assert r.json()["id"] != chosen
+    async with httpx.AsyncClient(base_url=trusting.url) as c:
+        body = {"responder": "loopback"}
+        r = await c.post("/api/sessions", json=body, headers={header: chosen})
+        assert r.status_code == 201
+        assert r.json()["id"] == chosen
+        assert r.json()["urls"]["events"] == f"/api/sessions/{chosen}/events"
+        again = await c.post("/api/sessions", json=body, headers={header: chosen})
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "session_id_in_use"
+        for bad in ("sess_short", "nope_" + "a" * 30, "sess_" + "a" * 30 + "/x"):
+            r = await c.post("/api/sessions", json=body, headers={header: bad})
+            assert r.status_code == 400, bad
+            assert r.json()["error"]["code"] == "invalid_session_id"
+            assert r.json()["error"]["param"] == header
+        r = await c.post("/api/sessions", json=body)  # no header: a random id, as ever
+        assert r.status_code == 201
+        assert r.json()["id"].startswith("sess_")

@@ -63,6 +63,21 @@ def require_api_key() -> None:
         )
 
 
+def refuse_if_draining() -> None:
+    """503 for a stream opened while the server shuts down: it would only be cut off.
+
+    Clients retry after ``Retry-After``; behind a proxy the instance is gone by then.
+    """
+    if registry().draining:
+        raise ApiError(
+            503,
+            "draining",
+            "the server is shutting down",
+            error_type="server_error",
+            headers={"Retry-After": "5"},
+        )
+
+
 def authorised_session(session_id: str, *, allow_query_token: bool = False) -> Session:
     """The session named in the path, if the caller holds its token; else the one 404.
 

@@ -11,7 +11,7 @@ from werkzeug.http import parse_options_header
 from app._config import SUPPORTED_RATES
 from app._errors import ApiError
 from app._session import PcmFormat
-from app.routes._common import authorised_session, metrics
+from app.routes._common import authorised_session, metrics, refuse_if_draining
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -105,6 +105,7 @@ async def upload_audio(session_id: str) -> Response:
 @bp.get("/api/sessions/<session_id>/stream_audio")
 async def stream_audio(session_id: str) -> Response:
     session = authorised_session(session_id, allow_query_token=True)
+    refuse_if_draining()
     prelude, reader = session.attach_reader()
 
     async def body() -> AsyncIterator[bytes]:

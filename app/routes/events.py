@@ -11,7 +11,7 @@ import trio
 from quart import Blueprint, Response, jsonify, request
 
 from app._errors import ApiError
-from app.routes._common import authorised_session, json_body, server_config
+from app.routes._common import authorised_session, json_body, refuse_if_draining, server_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -70,6 +70,7 @@ def _last_event_id() -> int | None:
 @bp.get("/api/sessions/<session_id>/events")
 async def events_stream(session_id: str) -> Response:
     session = authorised_session(session_id, allow_query_token=True)
+    refuse_if_draining()
     last = _last_event_id()
     ping_s = server_config().sse_ping_interval_s
     log = session.events

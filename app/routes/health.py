@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, jsonify, send_file
 
 from app._errors import ApiError
-from app.routes._common import metrics, models, registry
+from app.routes._common import metrics, models, refuse_if_draining, registry
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -23,14 +23,7 @@ async def healthz() -> Response:
 
 @bp.get("/readyz")
 async def readyz() -> Response:
-    if registry().draining:
-        raise ApiError(
-            503,
-            "draining",
-            "the server is shutting down",
-            error_type="server_error",
-            headers={"Retry-After": "5"},
-        )
+    refuse_if_draining()
     error = models().unavailable()
     if error is not None:
         raise error

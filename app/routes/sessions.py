@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
-from quart import Blueprint, Response, jsonify
+from quart import Blueprint, Response, jsonify, request
 
 from app._config import validate_session_config
+from app._errors import ApiError
 from app.routes._common import (
     authorised_session,
     json_body,
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from app._session import Session
 
 bp = Blueprint("sessions", __name__)
+
+PROXY_SESSION_ID = re.compile(r"sess_[A-Za-z0-9_-]{22,64}")
 
 
 def _urls(session: Session) -> dict[str, str]:
@@ -33,13 +37,34 @@ def _urls(session: Session) -> dict[str, str]:
     }
 
 
+def proxy_session_id() -> str | None:
+    """The new session's id when a trusted proxy chose it (``session_id_header``).
+
+    A hashing proxy routes ``/api/sessions/<id>/...`` by the id; for creation it draws
+    the id itself, hashes on it, and passes it on, so the session lives where its later
+    requests will land.
+    """
+    name = server_config().session_id_header
+    value = request.headers.get(name) if name else None
+    if value is None:
+        return None
+    if not PROXY_SESSION_ID.fullmatch(value):
+        raise ApiError(
+            400,
+            "invalid_session_id",
+            f"{name} must be sess_ and 22-64 of [A-Za-z0-9_-] (a proxy misconfiguration)",
+            param=name,
+        )
+    return value
+
+
 @bp.post("/api/sessions")
 async def create_session() -> tuple[Response, int]:
     require_api_key()
     data = await json_body()
     base = validate_session_config({"responder": server_config().default_responder})
     config = validate_session_config(data, base)
-    session = await registry().create(config)
+    session = await registry().create(config, proxy_session_id())
     body: dict[str, Any] = {
         "id": session.id,
         "token": session.token,
