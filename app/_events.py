@@ -29,16 +29,21 @@ class EventLog:
         self._buffer: deque[ServerEvent] = deque(maxlen=replay_size)
         self._last_seq = 0
         self._changed = trio.Event()
-        self.closed = False
+        self.closed = False  # the session ended: nothing more will be emitted
+        self.readers_ended = False  # readers finish what is buffered, then stop (draining)
 
     @property
     def last_seq(self) -> int:
         return self._last_seq
 
-    def emit(self, event_type: str, **fields: Any) -> ServerEvent:
-        """Append an event (OpenAI Realtime shape: ``type`` and ``event_id`` first)."""
+    def emit(self, event_type: str, **fields: Any) -> ServerEvent | None:
+        """Append an event (OpenAI Realtime shape: ``type`` and ``event_id`` first).
+
+        After :meth:`close` the event is dropped (``None``): a session's tasks may still be
+        unwinding when it ends, and nobody can read its events any more.
+        """
         if self.closed:
-            raise trio.ClosedResourceError("event log closed")
+            return None
         self._last_seq += 1
         payload = {"type": event_type, "event_id": f"event_{self._last_seq}", **fields}
         event = ServerEvent(self._last_seq, payload)
@@ -65,10 +70,20 @@ class EventLog:
 
         Cancellation: safe to cancel at any time; nothing is consumed.
         """
-        while self._last_seq <= seq and not self.closed:
+        while self._last_seq <= seq and not self.finished:
             await self._changed.wait()
 
+    @property
+    def finished(self) -> bool:
+        """Readers should end once they have sent what is buffered."""
+        return self.closed or self.readers_ended
+
+    def end_readers(self) -> None:
+        """Graceful shutdown: readers finish; the session (and emitting) goes on."""
+        self.readers_ended = True
+        self._changed.set()
+
     def close(self) -> None:
-        """Wake all readers so they finish (session ended or server draining)."""
+        """The session ended: wake all readers so they finish; later events are dropped."""
         self.closed = True
         self._changed.set()

@@ -118,6 +118,12 @@ class SessionRegistry:
     ) -> None:
         try:
             await session.run(task_status=task_status)
+        except Exception:
+            # The isolation boundary the design promises: a bug in one session ends that
+            # session (logged, counted, its client told), never the registry's nursery,
+            # which would take every other session and all later creations with it.
+            log.exception("session %s failed", session.id)
+            self._metrics.sessions_failed.inc()
         finally:
             if self._sessions.pop(session.id, None) is not None:
                 self._metrics.sessions.dec()

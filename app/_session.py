@@ -135,6 +135,14 @@ class Session:
                     self.state = "active"
                     self.events.emit("session.created", session=self.describe())
                     task_status.started()
+        except Exception:
+            # A bug, not a model error (those fail one response). Tell the client before
+            # the log closes; the registry ends only this session.
+            error = ApiError(
+                500, "session_failed", "the session failed and was ended", error_type="server_error"
+            )
+            self.events.emit("error", error=error.error_object())
+            raise
         finally:
             self.state = "closed"
             self.playout.stop()
@@ -151,7 +159,7 @@ class Session:
     def end_streams(self) -> None:
         """End open responses cleanly (graceful shutdown) without ending the session."""
         self.playout.stop()
-        self.events.close()
+        self.events.end_readers()
 
     @contextmanager
     def request(self) -> Iterator[None]:
@@ -469,14 +477,13 @@ class Session:
 
     def _reader_dropped(self) -> None:
         log.info("session %s: stream_audio reader slower than real time, dropped", self.id)
-        if not self.events.closed:
-            error = ApiError(
-                409,
-                "stream_reader_too_slow",
-                "stream_audio was read slower than real time and was ended; "
-                "reconnect to resume from live",
-            )
-            self.events.emit("error", error=error.error_object())
+        error = ApiError(
+            409,
+            "stream_reader_too_slow",
+            "stream_audio was read slower than real time and was ended; "
+            "reconnect to resume from live",
+        )
+        self.events.emit("error", error=error.error_object())
 
     def note_bytes_out(self, n: int) -> None:
         self.stats.bytes_out += n

@@ -216,10 +216,20 @@ async def test_sessions_stay_on_their_instance_and_a_lost_one_is_404(
                 assert len(await st.aiter_raw().__anext__()) >= 44
             stopped = await client.post(s["urls"]["stop_stream"], headers=auth)
             assert stopped.status_code == 200
+        # A browser's EventSource passes the token in the query: the proxy must not log it.
+        s = sessions[0]
+        url = f"{s['urls']['events']}?token={s['token']}"
+        async with client.stream("GET", url) as ev:
+            assert ev.status_code == 200
         for s, p in zip(sessions, placed, strict=True):
             held = cluster.held(p[0], s["id"])
             assert held is not None
             assert held.describe()["stats"]["bytes_in"] == 3200
+
+        if proxy == "nginx":
+            log = (tmp_path / "nginx" / "logs" / "access.log").read_text()
+            assert f"{s['urls']['events']}" in log
+            assert all(x["token"] not in log for x in sessions)
 
         # Instance 0 goes away: its sessions answer 404 (the client re-creates), the
         # others carry on, and new sessions land on the survivor.

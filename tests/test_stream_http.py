@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+from typing import TYPE_CHECKING
 
 import httpx
 import soundfile as sf
 import trio
 
 from tests.conftest import Running, StartServer, count_tasks, create_session
+
+if TYPE_CHECKING:
+    import pytest
 
 
 async def test_stream_headers_header_and_prelude_arrive_at_once(
@@ -185,3 +189,61 @@ async def test_events_stream_resume_ping_and_client_events(start_server: StartSe
         assert old[0][1]["type"] == "error"
         assert old[0][1]["error"]["code"] == "event_replay_unavailable"  # type: ignore[index]
         assert [i for i, _ in old[1:]] == [3, 4, 5, 6]
+
+
+async def test_a_bug_in_one_session_ends_only_that_session(
+    server: Running, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception (not a model error) in one session's task: that session
+    ends with an ``error`` event; the others and later creations are unaffected."""
+    broken = await create_session(client, responder="loopback")
+    healthy = await create_session(client, responder="loopback")
+    session = next(s for s in server.registry.sessions() if s.id == broken.id)
+
+    async def bug(samples: object) -> None:
+        raise TypeError("injected bug")
+
+    monkeypatch.setattr(session.playout, "put", bug)
+    async with client.stream("GET", broken.urls["events"], headers=broken.auth) as ev:
+        r = await client.post(broken.urls["upload_audio"], headers=broken.auth, content=bytes(6400))
+        assert r.status_code in (204, 404)  # the upload may race the session's end
+        with trio.fail_after(5):
+            events = [
+                json.loads(line[6:]) async for line in ev.aiter_lines() if line.startswith("data:")
+            ]
+    assert events[-1]["type"] == "error"
+    assert events[-1]["error"]["code"] == "session_failed"
+    gone = await client.get(broken.urls["session"], headers=broken.auth)
+    assert gone.status_code == 404
+    # The other session still works end to end, and new sessions can be created.
+    r = await client.post(healthy.urls["upload_audio"], headers=healthy.auth, content=bytes(640))
+    assert r.status_code == 204
+    assert (await client.get(healthy.urls["session"], headers=healthy.auth)).status_code == 200
+    await create_session(client, responder="loopback")
+    metrics = (await client.get("/metrics")).text
+    assert "voxwire_sessions_failed_total 1.0" in metrics
+
+
+async def test_requests_during_the_drain_notice(start_server: StartServer) -> None:
+    """While draining, a session's own requests still work (no 500s); new streams and
+    sessions are refused with 503; open streams have ended."""
+    server = await start_server(shutdown_notice_s=5)
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+        s = await create_session(client, responder="loopback")
+        server.registry.drain()
+        r = await client.patch(s.urls["session"], headers=s.auth, json={"instructions": "x"})
+        assert r.status_code == 200, r.text
+        r = await client.post(
+            s.urls["events"], headers=s.auth, json={"type": "input_audio_buffer.clear"}
+        )
+        assert r.status_code == 200, r.text
+        r = await client.post(s.urls["events"], headers=s.auth, json={"type": "nope"})
+        assert r.status_code == 400
+        r = await client.post(s.urls["upload_audio"], headers=s.auth, content=bytes(640))
+        assert r.status_code == 204
+        for url in (s.urls["events"], s.urls["stream_audio"]):
+            r = await client.get(url, headers=s.auth)
+            assert r.status_code == 503
+            assert r.json()["error"]["code"] == "draining"
+        r = await client.post("/api/sessions", json={"responder": "loopback"})
+        assert r.status_code == 503

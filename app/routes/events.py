@@ -92,7 +92,7 @@ async def events_stream(session_id: str) -> Response:
                 for event in batch:
                     yield format_sse(event)
                     cursor = event.seq
-                if log.closed and log.last_seq <= cursor:
+                if log.finished and log.last_seq <= cursor:
                     return
                 with trio.move_on_after(ping_s) as idle:
                     await log.wait_after(cursor)
