@@ -89,6 +89,9 @@ class ServerConfig:
     response_timeout_s: float = 60.0
     keep_alive_timeout_s: float = 75.0
     graceful_timeout_s: float = 5.0
+    # A connection whose peer acknowledges nothing (it stopped reading, or vanished) for
+    # this long is aborted by the kernel (TCP_USER_TIMEOUT): see app/_server.py.
+    send_timeout_s: float = 15.0
     # After SIGTERM, keep listening this long while /readyz, creation and new streams
     # answer 503: a load balancer's health check sees the instance leave before its
     # port closes (open streams end at once). 0 closes the port right away.

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -32,6 +35,23 @@ def hypercorn_config(config: ServerConfig) -> HypercornConfig:
     hc.accesslog = None  # query strings may carry ?token=
     hc.errorlog = logging.getLogger("hypercorn.error")
     return hc
+
+
+def listening_sockets(hc: HypercornConfig, send_timeout_s: float) -> Sockets:
+    """Hypercorn's sockets, with ``TCP_USER_TIMEOUT`` set (accepted sockets inherit it).
+
+    A client that stops reading (or vanishes without a FIN) leaves hypercorn in a
+    ``send_all`` that cancellation cannot interrupt (it is shielded): the response never
+    ends, its session is never idle, and shutdown waits forever. The kernel then aborts
+    the connection once sent data (or a zero-window probe) has gone unacknowledged for
+    ``send_timeout_s``, which ends the send with an error.
+    """
+    sockets = hc.create_sockets()
+    for sock in sockets.insecure_sockets:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(send_timeout_s * 1000))
+        sock.listen(hc.backlog)
+    return sockets
 
 
 async def wait_for_signal() -> None:
@@ -67,6 +87,12 @@ async def serve(
         # give load balancers the notice period to see /readyz fail.
         await trio.sleep(max(0.05, config.shutdown_notice_s))
 
-    await hypercorn_serve(
-        app, hypercorn_config(config), shutdown_trigger=trigger, task_status=task_status
+    hc = hypercorn_config(config)
+    # hypercorn.trio.serve creates its own sockets; its worker_serve takes ours.
+    await worker_serve(
+        wrap_app(app, hc.wsgi_max_body_size, None),
+        hc,
+        sockets=listening_sockets(hc, config.send_timeout_s),
+        shutdown_trigger=trigger,
+        task_status=task_status,
     )

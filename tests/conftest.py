@@ -89,3 +89,9 @@ def count_tasks() -> int:
         return 1 + sum(walk(c) for n in task.child_nurseries for c in n.child_tasks)
 
     return walk(trio.lowlevel.current_root_task())
+
+
+async def eventually(predicate: Callable[[], bool], interval: float = 0.05) -> None:
+    """Poll server-side state the test cannot wait on directly (the caller bounds it)."""
+    while not predicate():  # noqa: ASYNC110 - no event exists for this state
+        await trio.sleep(interval)

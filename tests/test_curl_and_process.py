@@ -262,3 +262,49 @@ async def test_curl_recipe_talks_with_real_speech(
     assert data[:4] == b"RIFF"
     pcm = np.frombuffer(data[44 : 44 + (len(data) - 44) // 2 * 2], "<i2")
     assert np.count_nonzero(np.abs(pcm) > 300) > 16000 * 0.8
+
+
+async def test_shutdown_is_not_blocked_by_a_client_that_never_reads() -> None:
+    """RELIABILITY.md V7 at shutdown: the process still exits within its deadline
+    (max(graceful timeout, send timeout) after SIGTERM). With the send timeout at 600 s
+    this test fails: the stuck send holds the process."""
+    port = _free_port()
+    graceful_s, send_s = 1.0, 2.0
+    env = os.environ | {
+        "VOXWIRE_PORT": str(port),
+        "VOXWIRE_GRACEFUL_TIMEOUT_S": str(graceful_s),
+        "VOXWIRE_SEND_TIMEOUT_S": str(send_s),
+    }
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "run.py", "--host", "127.0.0.1"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    sock = socket.socket()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            with trio.fail_after(20):
+                while True:
+                    try:
+                        if (await client.get("/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        await trio.sleep(0.1)
+            s = await create_session(client, responder="loopback", output_sample_rate=48000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(
+            f"GET {s.urls['stream_audio']} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {s.token}\r\n\r\n".encode()
+        )
+        await trio.sleep(1.0)  # 48 kHz fills the tiny window at once: the send is stuck
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(max(graceful_s, send_s) + 3):
+            await proc.wait()
+        assert proc.returncode == 0
+    finally:
+        sock.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

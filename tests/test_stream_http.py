@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 from typing import TYPE_CHECKING
 
 import httpx
 import soundfile as sf
 import trio
 
-from tests.conftest import Running, StartServer, count_tasks, create_session
+from tests.conftest import Running, StartServer, count_tasks, create_session, eventually
 
 if TYPE_CHECKING:
     import pytest
@@ -247,3 +248,47 @@ async def test_requests_during_the_drain_notice(start_server: StartServer) -> No
             assert r.json()["error"]["code"] == "draining"
         r = await client.post("/api/sessions", json={"responder": "loopback"})
         assert r.status_code == 503
+
+
+async def _never_reading_stream(url: str, s: object) -> socket.socket:
+    """A raw client that requests stream_audio with a tiny receive window, then never reads."""
+    host, port = url.rsplit("/", 1)[1].split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        sock.connect((host, int(port)))
+    except BlockingIOError:
+        pass
+    await trio.lowlevel.wait_writable(sock)
+    head = (
+        f"GET {s.urls['stream_audio']} HTTP/1.1\r\nHost: x\r\n"  # type: ignore[attr-defined]
+        f"Authorization: Bearer {s.token}\r\n\r\n"  # type: ignore[attr-defined]
+    )
+    sock.send(head.encode())
+    return sock
+
+
+async def test_a_client_that_never_reads_is_cut_off(start_server: StartServer) -> None:
+    """RELIABILITY.md V7: hypercorn's send cannot be cancelled, so a client that never reads
+    would pin its stream (and its session, and shutdown) forever. The kernel's
+    TCP_USER_TIMEOUT (send_timeout_s) aborts the connection; the session is free again."""
+    server = await start_server(send_timeout_s=1.5)
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+        s = await create_session(client, responder="loopback", output_sample_rate=48000)
+        session = next(x for x in server.registry.sessions() if x.id == s.id)
+        sock = await _never_reading_stream(server.url, s)
+        try:
+            with trio.fail_after(3):
+                await eventually(lambda: session.open_requests > 0)
+            stuck_at = session.stats.bytes_out
+            await trio.sleep(1.0)
+            assert session.stats.bytes_out - stuck_at < 10_000  # blocked, not streaming
+            with trio.fail_after(10):
+                await eventually(lambda: session.open_requests == 0)
+            # The session is usable: a new reader streams.
+            async with client.stream("GET", s.urls["stream_audio"], headers=s.auth) as r:
+                assert r.status_code == 200
+                assert len(await r.aiter_raw().__anext__()) >= 44
+        finally:
+            sock.close()
