@@ -12,6 +12,7 @@ from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.exceptions import HTTPException
 
 from app._config import ServerConfig, SessionConfig, validate_session_config
+from app._cors import CorsPolicy
 from app._errors import ApiError, VoiceServiceError
 from app._metrics import Metrics
 from app._models import ModelHub
@@ -113,8 +114,14 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
     async def handle_http_error(error: HTTPException) -> Response:
         status = error.code or 500
         code = (error.name or "error").lower().replace(" ", "_")
-        api_error = ApiError(status, code, error.description or error.name or "")
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        api_error = ApiError(status, code, error.description or error.name or "", error_type=kind)
         return _close_if_body_unread(json_error(api_error))
+
+    cors = CorsPolicy(config.cors_origins)
+    if cors.enabled:
+        app.before_request(cors.preflight)
+        app.after_request(cors.decorate)
 
     for bp in (sessions.bp, audio.bp, events.bp, frames.bp, health.bp):
         app.register_blueprint(bp)

@@ -92,6 +92,14 @@ class ServerConfig:
     # A connection whose peer acknowledges nothing (it stopped reading, or vanished) for
     # this long is aborted by the kernel (TCP_USER_TIMEOUT): see app/_server.py.
     send_timeout_s: float = 15.0
+    # Origins allowed to call the API from a page served elsewhere: "" (off: same origin
+    # only, like the bundled page), "*" or a comma-separated list of exact origins.
+    cors_origins: str = ""
+    # A JSON body or an image must arrive whole within this (slowloris on small bodies).
+    small_body_timeout_s: float = 10.0
+    # A streamed upload slower than this on average over each upload_idle_timeout_s
+    # window is 408 (slowloris on uploads; 8 kHz PCM16 is 16000 B/s).
+    upload_min_bytes_per_s: float = 1000.0
     # After SIGTERM, keep listening this long while /readyz, creation and new streams
     # answer 503: a load balancer's health check sees the instance leave before its
     # port closes (open streams end at once). 0 closes the port right away.

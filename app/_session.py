@@ -258,8 +258,11 @@ class Session:
         self, body: AsyncIterator[bytes], limit: int
     ) -> AsyncGenerator[bytes, None]:
         total = 0
+        window = self._server.upload_idle_timeout_s
+        min_rate = self._server.upload_min_bytes_per_s
+        window_start, window_bytes = trio.current_time(), 0
         while True:
-            with trio.move_on_after(self._server.upload_idle_timeout_s) as idle:
+            with trio.move_on_after(window) as idle:
                 try:
                     chunk = await body.__anext__()
                 except StopAsyncIteration:
@@ -277,6 +280,16 @@ class Session:
                     f"no body data for {self._server.upload_idle_timeout_s:g} s",
                 )
             total += len(chunk)
+            window_bytes += len(chunk)
+            now = trio.current_time()
+            if now - window_start >= window:
+                if window_bytes < min_rate * (now - window_start):
+                    raise ApiError(
+                        408,
+                        "upload_too_slow",
+                        f"the body averaged under {min_rate:g} bytes/s for {window:g} s",
+                    )
+                window_start, window_bytes = now, 0
             if total > limit:
                 raise ApiError(
                     413, "upload_too_large", f"upload bodies are limited to {limit} bytes"

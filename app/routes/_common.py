@@ -6,7 +6,9 @@ import json
 import secrets
 from typing import TYPE_CHECKING, Any
 
+import trio
 from quart import current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app._errors import ApiError
 
@@ -90,8 +92,41 @@ def authorised_session(session_id: str, *, allow_query_token: bool = False) -> S
     return registry().authorise(session_id, token)
 
 
+async def read_small_body(limit: int, code: str, what: str) -> bytes:
+    """Read a whole small body (JSON, an image): capped in size and in total time.
+
+    The time limit is for the whole body, not between chunks: a slowloris dripping one
+    byte every few seconds would otherwise hold the request open indefinitely.
+
+    Raises:
+        ApiError: 413 ``code`` over ``limit`` bytes; 408 ``body_timeout`` when the body
+            takes longer than ``small_body_timeout_s``.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ApiError(413, code, f"{what} are limited to {limit} bytes")
+    deadline = server_config().small_body_timeout_s
+    data = bytearray()
+    with trio.move_on_after(deadline) as timer:
+        try:
+            async for chunk in request.body:
+                data += chunk
+                if len(data) > limit:
+                    raise ApiError(413, code, f"{what} are limited to {limit} bytes")
+        except RequestEntityTooLarge:  # Quart's unread-backlog cap
+            raise ApiError(413, code, f"{what} are limited to {limit} bytes") from None
+    if timer.cancelled_caught:
+        raise ApiError(408, "body_timeout", f"the body took longer than {deadline:g} s")
+    return bytes(data)
+
+
+def _reject_constant(name: str) -> Any:
+    # json.loads accepts NaN, Infinity and -Infinity, which are not JSON.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def json_body(*, allow_empty: bool = True, limit: int | None = None) -> Any:
-    """Read and parse a small JSON body (size-capped; 400/413/415 on bad input)."""
+    """Read and parse a small JSON body (size- and time-capped; 400/408/413/415)."""
     limit = limit or server_config().max_json_bytes
     declared = request.content_length
     if declared is not None and declared > limit:
@@ -99,16 +134,12 @@ async def json_body(*, allow_empty: bool = True, limit: int | None = None) -> An
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "send application/json", param="Content-Type")
-    data = bytearray()
-    async for chunk in request.body:
-        data += chunk
-        if len(data) > limit:
-            raise ApiError(413, "body_too_large", f"JSON bodies are limited to {limit} bytes")
+    data = await read_small_body(limit, "body_too_large", "JSON bodies")
     if not data.strip():
         if allow_empty:
             return None
         raise ApiError(400, "empty_body", "a JSON body is required")
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None

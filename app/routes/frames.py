@@ -7,7 +7,7 @@ import base64
 from quart import Blueprint, Response, request
 
 from app._errors import ApiError
-from app.routes._common import authorised_session, server_config
+from app.routes._common import authorised_session, read_small_body, server_config
 
 bp = Blueprint("frames", __name__)
 
@@ -24,14 +24,8 @@ async def upload_frame(session_id: str) -> Response:
                 415, "unsupported_media_type", "send image/jpeg or image/png", param="Content-Type"
             )
         limit = server_config().max_frame_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise ApiError(413, "image_too_large", f"frames are limited to {limit} bytes")
-        data = bytearray()
-        async for chunk in request.body:
-            data += chunk
-            if len(data) > limit:
-                raise ApiError(413, "image_too_large", f"frames are limited to {limit} bytes")
-        if not bytes(data).startswith(MAGIC[mime]):
+        data = await read_small_body(limit, "image_too_large", "frames")
+        if not data.startswith(MAGIC[mime]):
             raise ApiError(400, "invalid_image", f"the body is not a {mime} image")
         session.latest_frame = f"data:{mime};base64,{base64.b64encode(data).decode()}"
         return Response("", status=204)
