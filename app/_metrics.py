@@ -19,6 +19,9 @@ class Metrics:
         self.sessions_reaped = Counter(
             "voxwire_sessions_reaped", "Idle sessions ended by the reaper", registry=r
         )
+        self.tasks = Gauge(
+            "voxwire_trio_tasks", "Trio tasks alive in the process (read at scrape)", registry=r
+        )
         self.sessions_failed = Counter(
             "voxwire_sessions_failed", "Sessions ended by an unexpected error (a bug)", registry=r
         )
