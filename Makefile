@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench cluster clean
+.PHONY: run test lint bench bench-load soak cluster clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ cluster: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/transport.py
 	$(PY) bench/latency.py
+
+# Capacity ramps (~10 min): one process, N behind nginx, transport-only
+bench-load: $(STAMP)
+	$(PY) bench/load.py --mode pipeline
+	$(PY) bench/load.py --mode cluster
+	$(PY) bench/load.py --mode transport
+
+# One hour of talking sessions with reconnects, barge-ins and churn: RSS/fd/task slopes
+soak: $(STAMP)
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
