@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 from typing import TYPE_CHECKING
@@ -308,3 +309,37 @@ async def test_query_token_only_where_headers_cannot_be_set(client: httpx.AsyncC
         assert ev.status_code == 200
     async with client.stream("GET", s.urls["stream_audio"], params=q) as st:
         assert st.status_code == 200
+
+
+async def test_tokens_and_keys_never_reach_the_logs(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every logger at DEBUG while a session is used every way, failures included."""
+    caplog.set_level(logging.DEBUG)
+    server = await start_server(api_key="k" * 40, log_level="debug")
+    key = {"Authorization": "Bearer " + "k" * 40}
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+        r = await client.post("/api/sessions", json={"responder": "loopback"}, headers=key)
+        s = r.json()
+        auth = {"Authorization": f"Bearer {s['token']}"}
+        q = {"token": s["token"]}
+        async with client.stream("GET", s["urls"]["events"], params=q) as ev:
+            assert ev.status_code == 200
+        async with client.stream("GET", s["urls"]["stream_audio"], params=q) as st:
+            assert st.status_code == 200
+        await client.post(s["urls"]["upload_audio"], headers=auth, content=bytes(640))
+        await client.post(s["urls"]["upload_audio"], headers=auth | {"Content-Type": "x/y"})
+        await client.get(s["urls"]["session"], params=q)  # refused: query token
+        await client.post("/api/sessions", headers={"Authorization": "Bearer " + "w" * 40})
+        await client.get("/metrics", headers=key)
+        await client.delete(s["urls"]["session"], headers=auth)
+    # The server's records (httpx/httpcore are this test's own client logging its URLs).
+    server_logs = "\n".join(
+        f"{r.name} {r.getMessage()}"
+        for r in caplog.records
+        if not r.name.startswith(("httpx", "httpcore"))
+    )
+    assert "hypercorn" in server_logs or "app" in server_logs  # the loggers did run
+    assert s["token"] not in server_logs
+    assert "k" * 40 not in server_logs
+    assert "w" * 40 not in server_logs

@@ -70,7 +70,12 @@ async def test_api_key_guards_creation_and_monitoring(start_server: StartServer)
             assert r.status_code == 401
             assert r.json()["error"]["code"] == "invalid_api_key"
             assert (await client.get("/api/sessions", headers=headers)).status_code == 401
+            assert (await client.get("/metrics", headers=headers)).status_code == 401
+        # Health checks stay open: load balancers send no key.
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code in (200, 503)  # models, not a key
         key = {"Authorization": "Bearer s3cret"}
+        assert (await client.get("/metrics", headers=key)).status_code == 200
         r = await client.post("/api/sessions", headers=key)
         assert r.status_code == 201
         listed = (await client.get("/api/sessions", headers=key)).json()["data"]

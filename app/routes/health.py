@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, jsonify, send_file
 
 from app._errors import ApiError
-from app.routes._common import metrics, models, refuse_if_draining, registry
+from app.routes._common import metrics, models, refuse_if_draining, registry, require_api_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,6 +37,7 @@ def _count_tasks(task: trio.lowlevel.Task) -> int:
 
 @bp.get("/metrics")
 async def metrics_text() -> Response:
+    require_api_key()  # monitoring, like the session list (scrapers send a bearer token)
     m = metrics()
     # Counted at scrape time: a leak of tasks shows as a slope (bench/soak.py).
     root = trio.lowlevel.current_root_task()
