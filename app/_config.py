@@ -73,6 +73,8 @@ class ServerConfig:
     playout_lead_ms: int = 100
     playout_max_s: float = 30.0
     reader_queue_ms: int = 2000
+    # How much of the audio stream is kept for `stream_audio?from_ms=` after a drop.
+    stream_resume_ms: int = 3000
     # events
     event_replay_size: int = 512
     sse_ping_interval_s: float = 15.0

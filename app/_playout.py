@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -27,6 +29,17 @@ class Reader:
         self.dropped_slow = False
 
 
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """How a ``stream_audio`` response begins (see :meth:`Playout.open_stream`)."""
+
+    prelude: bytes  # WAV header, then padding silence or replayed frames
+    reader: Reader
+    position_ms: int  # stream position of the first sample after the padding
+    padding_bytes: int  # silence after the header that is not part of the stream
+    resumed: bool  # the prelude replays the stream from the requested position
+
+
 class Playout:
     """Paces assistant audio to the current reader in real time, silence when idle.
 
@@ -45,10 +58,12 @@ class Playout:
         lead_ms: int,
         max_s: float,
         reader_queue_ms: int,
+        resume_ms: int = 0,
         metrics: Metrics,
         on_reader_dropped: Callable[[], None] = lambda: None,
     ) -> None:
         self.sample_rate = sample_rate
+        self.frame_ms = frame_ms
         self.frame_samples = sample_rate * frame_ms // 1000
         self.frame_s = self.frame_samples / sample_rate
         self.lead_s = lead_ms / 1000
@@ -60,7 +75,10 @@ class Playout:
         self._wake = trio.Event()
         self._space = trio.Event()
         self.audio_samples_played = 0  # assistant (non-padding) samples handed to readers
+        # The stream's timeline: frame n covers [n * frame_ms, (n + 1) * frame_ms). The last
+        # ``resume_ms`` of it are kept so a reader that lost its connection can resume.
         self.ticks = 0
+        self._history: deque[bytes] = deque(maxlen=max(0, resume_ms // frame_ms))
         # The current response's cursor (see mark()): what of it reached a reader, and when.
         self.cursor_played = 0
         self.cursor_first_at: float | None = None
@@ -113,6 +131,27 @@ class Playout:
         silence_bytes = max(int(self.lead_s * self.sample_rate) * 2, MIN_PREFILL_BYTES)
         silence_bytes += silence_bytes % 2
         return streaming_wav_header(self.sample_rate) + bytes(silence_bytes)
+
+    def open_stream(self, from_ms: int | None = None) -> StreamStart:
+        """Attach a new reader (a takeover) and say how its response begins.
+
+        With ``from_ms`` still in the resume buffer the prelude replays the stream from
+        that frame to now, and live frames follow without a gap or a repeat (the reader
+        is attached before the next tick). Otherwise the response starts live: the
+        header and ``lead`` of padding silence.
+        """
+        header = streaming_wav_header(self.sample_rate)
+        if from_ms is not None:
+            tick = from_ms // self.frame_ms
+            oldest = self.ticks - len(self._history)
+            if oldest <= tick <= self.ticks:
+                frames = list(self._history)[tick - oldest :]
+                reader = self.attach()
+                return StreamStart(header + b"".join(frames), reader, tick * self.frame_ms, 0, True)
+        prelude = self.prelude()
+        return StreamStart(
+            prelude, self.attach(), self.ticks * self.frame_ms, len(prelude) - len(header), False
+        )
 
     def attach(self) -> Reader:
         """Attach a new reader, ending the previous one cleanly (takeover)."""
@@ -170,10 +209,12 @@ class Playout:
                     self._space.set()
                     self._space = trio.Event()
                 pacer.sent()
+                data = pcm16_bytes(frame)
+                self._history.append(data)
                 self.ticks += 1
                 if self._reader is not None and real:
                     self.audio_samples_played += real
                     self.cursor_played += real
                     if self.cursor_first_at is None:
                         self.cursor_first_at = trio.current_time()
-                self._deliver(pcm16_bytes(frame))
+                self._deliver(data)

@@ -15,7 +15,7 @@ from app._conversation import Conversation, Item
 from app._errors import ApiError
 from app._events import EventLog
 from app._pipeline import FRAME_SAMPLES, PIPELINE_RATE, Control, Frame, Pipeline, new_item_id
-from app._playout import Playout, Reader
+from app._playout import Playout, StreamStart
 from audio import AudioChunk, Framer, PcmDecoder, StreamResampler
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class Session:
             lead_ms=server.playout_lead_ms,
             max_s=server.playout_max_s,
             reader_queue_ms=server.reader_queue_ms,
+            resume_ms=server.stream_resume_ms,
             metrics=metrics,
             on_reader_dropped=self._reader_dropped,
         )
@@ -483,10 +484,9 @@ class Session:
 
     # -- download --------------------------------------------------------------------
 
-    def attach_reader(self) -> tuple[bytes, Reader]:
-        """Take over the audio stream: returns the prelude bytes and the new reader."""
-        reader = self.playout.attach()
-        return self.playout.prelude(), reader
+    def open_stream(self, from_ms: int | None = None) -> StreamStart:
+        """Take over the audio stream (resuming from ``from_ms`` when still buffered)."""
+        return self.playout.open_stream(from_ms)
 
     def _reader_dropped(self) -> None:
         log.info("session %s: stream_audio reader slower than real time, dropped", self.id)

@@ -8,10 +8,18 @@ import socket
 from typing import TYPE_CHECKING
 
 import httpx
+import numpy as np
 import soundfile as sf
 import trio
 
-from tests.conftest import Running, StartServer, count_tasks, create_session, eventually
+from tests.conftest import (
+    Running,
+    StartServer,
+    count_tasks,
+    create_session,
+    eventually,
+    tone,
+)
 
 if TYPE_CHECKING:
     import pytest
@@ -292,3 +300,56 @@ async def test_a_client_that_never_reads_is_cut_off(start_server: StartServer) -
                 assert len(await r.aiter_raw().__anext__()) >= 44
         finally:
             sock.close()
+
+
+async def test_stream_resumes_from_a_position_without_gap_or_repeat(
+    start_server: StartServer,
+) -> None:
+    """A reader loses its connection mid-reply and asks for the rest with ?from_ms=: the
+    two responses together carry the reply exactly once."""
+    server = await start_server(stream_resume_ms=1000)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        s = await create_session(client, responder="loopback")
+        signal = tone(1.5)
+        first = bytearray()
+        async with client.stream("GET", s.urls["stream_audio"], headers=s.auth) as a:
+            assert a.headers["x-stream-resumed"] == "false"
+            p0 = int(a.headers["x-stream-position-ms"])
+            pad = int(a.headers["x-stream-padding-bytes"])
+            r = await client.post(
+                s.urls["upload_audio"], headers=s.auth, content=signal.astype("<i2").tobytes()
+            )
+            assert r.status_code == 204
+            async for chunk in a.aiter_raw():
+                first += chunk
+                if len(first) > 44 + pad + 16000:  # ~0.5 s of the reply, then the drop
+                    break
+        # What the client holds: the data after the header and the padding.
+        timeline = bytes(first[44 + pad :])
+        timeline = timeline[: len(timeline) // 2 * 2]
+        received_ms = p0 + len(timeline) // 32  # 16 kHz PCM16: 32 bytes per ms
+        timeline = timeline[: (received_ms - p0) * 32]
+        await trio.sleep(0.3)  # the reply plays on while nobody listens
+        second = bytearray()
+        url = f"{s.urls['stream_audio']}?from_ms={received_ms}"
+        async with client.stream("GET", url, headers=s.auth) as b:
+            assert b.headers["x-stream-resumed"] == "true"
+            p1 = int(b.headers["x-stream-position-ms"])
+            assert int(b.headers["x-stream-padding-bytes"]) == 0
+            assert received_ms - 20 < p1 <= received_ms  # at most one frame earlier
+            with trio.move_on_after(2.5):
+                async for chunk in b.aiter_raw():
+                    second += chunk
+        rest = bytes(second[44:])
+        rest = rest[(received_ms - p1) * 32 :]  # drop the overlap inside the first frame
+        heard = np.frombuffer(timeline + rest[: len(rest) // 2 * 2], "<i2")
+        heard = heard[heard != 0]
+        n = len(signal) // 512 * 512  # whole 32 ms ingest frames
+        assert np.array_equal(heard[:n], signal[:n])
+
+        # Too old (or never buffered): a live start, said so.
+        async with client.stream("GET", f"{s.urls['stream_audio']}?from_ms=0", headers=s.auth) as c:
+            assert c.headers["x-stream-resumed"] == "false"
+        bad = await client.get(f"{s.urls['stream_audio']}?from_ms=-5", headers=s.auth)
+        assert bad.status_code == 400
+        assert bad.json()["error"]["param"] == "from_ms"

@@ -102,11 +102,23 @@ async def upload_audio(session_id: str) -> Response:
         return response
 
 
+def _from_ms() -> int | None:
+    raw = request.args.get("from_ms")
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        raise ApiError(
+            400, "invalid_from_ms", "from_ms must be a whole number of ms", param="from_ms"
+        )
+    return int(raw)
+
+
 @bp.get("/api/sessions/<session_id>/stream_audio")
 async def stream_audio(session_id: str) -> Response:
     session = authorised_session(session_id, allow_query_token=True)
     refuse_if_draining()
-    prelude, reader = session.attach_reader()
+    start = session.open_stream(_from_ms())
+    prelude, reader = start.prelude, start.reader
 
     async def body() -> AsyncIterator[bytes]:
         with session.request():
@@ -127,7 +139,14 @@ async def stream_audio(session_id: str) -> Response:
             finally:
                 session.playout.detach(reader)
 
-    response = Response(body(), status=200, content_type="audio/wav", headers=STREAM_HEADERS)
+    headers = STREAM_HEADERS | {
+        # Where this response sits on the session's stream timeline, so a client that
+        # loses the connection can ask for the rest with ?from_ms= (docs/clients.md).
+        "X-Stream-Position-Ms": str(start.position_ms),
+        "X-Stream-Padding-Bytes": str(start.padding_bytes),
+        "X-Stream-Resumed": "true" if start.resumed else "false",
+    }
+    response = Response(body(), status=200, content_type="audio/wav", headers=headers)
     response.timeout = None  # Quart's RESPONSE_TIMEOUT would cut the stream at 60 s.
     return response
 
