@@ -55,6 +55,7 @@ const stats = {
   flushed: 0, // samples dropped by barge-in flushes
   underruns: 0,
   buffered: 0,
+  streamGaps: 0, // reconnects the server could not resume (its buffer had moved on)
   finals: [], // final user transcripts
   replies: [], // {id, text, status}
   latencies: [], // response.done latency objects
@@ -80,6 +81,7 @@ class Conversation {
     this.userLines = new Map(); // item_id → <li>
     this.replyLines = new Map(); // response_id → <li>
     this.turns = 0;
+    this.streamMs = null; // stream timeline received so far (ms); null before the first GET
   }
 
   async start() {
@@ -244,14 +246,27 @@ class Conversation {
     }
   }
 
+  // Resume: the page remembers how far along the stream timeline it has received
+  // (this.streamMs) and reconnects with ?from_ms=, so a dropped connection costs neither a
+  // gap nor a repeat while the server still holds that part (3 s).
   async readStream(signal) {
     const { urls, token } = this.session;
-    const res = await fetch(urls.stream_audio, {
+    const url = this.streamMs === null ? urls.stream_audio
+      : `${urls.stream_audio}?from_ms=${Math.floor(this.streamMs)}`;
+    const res = await fetch(url, {
       headers: { Authorization: `Bearer ${token}` },
       cache: "no-store",
       signal,
     });
     if (!res.ok) throw new ApiError(res.status, await res.json().catch(() => null));
+    const position = Number(res.headers.get("X-Stream-Position-Ms") ?? 0);
+    // A live start begins with padding silence: played (it is the lead), but not part of
+    // the timeline. A resume may begin up to one frame before what we have: dropped.
+    let padding = Number(res.headers.get("X-Stream-Padding-Bytes") ?? 0);
+    let skip = 0;
+    const resumed = res.headers.get("X-Stream-Resumed") === "true";
+    if (this.streamMs !== null && !resumed) stats.streamGaps += 1;
+    let rate = 0;
     const reader = res.body.getReader();
     let head = new Uint8Array(0);
     let carry = null;
@@ -265,9 +280,18 @@ class Conversation {
         if (head.length < 44) continue;
         const view = new DataView(head.buffer, head.byteOffset, 44);
         if (view.getUint32(0, false) !== 0x52494646) throw new Error("stream_audio: not a WAV");
-        stats.streamRate = view.getUint32(24, true);
+        rate = view.getUint32(24, true);
+        stats.streamRate = rate;
         bytes = head.subarray(44);
         headerDone = true;
+        if (resumed) skip = 2 * Math.round(((this.streamMs - position) * rate) / 1000);
+        this.streamMs = position;
+      }
+      if (skip > 0) {
+        const n = Math.min(skip, bytes.length);
+        skip -= n;
+        this.streamMs += (n / 2 / rate) * 1000;
+        bytes = bytes.subarray(n);
       }
       if (carry) {
         bytes = concat(carry, bytes);
@@ -287,6 +311,9 @@ class Conversation {
         pcm[i] = s / 32768;
       }
       stats.rxSamples += pcm.length;
+      const unpadded = Math.max(0, pcm.length - padding / 2);
+      padding = Math.max(0, padding - 2 * pcm.length);
+      this.streamMs += (unpadded / rate) * 1000;
       stats.rxVoiced += voiced;
       this.playback.port.postMessage({ pcm }, [pcm.buffer]);
     }
