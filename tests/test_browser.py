@@ -222,3 +222,34 @@ async def test_push_to_talk_in_the_page(server: Running, tmp_path: Path) -> None
     assert state["rxVoiced"] > 0.8 * state["streamRate"]
     # Only what was captured while held went up: the tail of quiet after release did not.
     assert 35 <= state["uploadedChunks"] <= 50, state["uploadedChunks"]
+
+
+async def test_the_page_resumes_the_stream_after_a_drop(server: Running, tmp_path: Path) -> None:
+    """The stream's connection is cut while the echo plays: the page reconnects with
+    ?from_ms= and the server resumes it (no gap), and the reply still plays."""
+    wav = tmp_path / "mic.wav"
+    fake_mic_wav(wav, (SENTENCE,), tail_s=8.0)
+
+    def cut_the_stream_mid_reply(page: Page) -> None:
+        page.wait_for_function(
+            "window.voxwire.stats.marks.some(m => m.type === 'response.created')"
+            " && window.voxwire.stats.rxVoiced > 4000",
+            timeout=30_000,
+        )
+        page.evaluate("window.voxwire.conversation.streamAbort.abort()")
+
+    state = await trio.to_thread.run_sync(
+        partial(
+            drive_page,
+            server.url + "/",
+            wav,
+            ARTIFACTS / "browser-resume.png",
+            "stats.replies.some(r => r.status === 'completed')",
+            cut_the_stream_mid_reply,
+        )
+    )
+    assert state["console_errors"] == [], state["console_errors"]
+    assert state["streamResumes"] == 1, state
+    assert state["streamGaps"] == 0, state
+    assert wer(SENTENCE, state["finals"][0]) <= 0.2
+    assert state["rxVoiced"] > 0.8 * state["streamRate"]

@@ -56,6 +56,7 @@ const stats = {
   underruns: 0,
   buffered: 0,
   streamGaps: 0, // reconnects the server could not resume (its buffer had moved on)
+  streamResumes: 0, // reconnects that resumed where the last response left off
   finals: [], // final user transcripts
   replies: [], // {id, text, status}
   latencies: [], // response.done latency objects
@@ -241,7 +242,7 @@ class Conversation {
         }
       }
       if (!this.active) return;
-      await sleep(backoff); // ended (a takeover, a proxy): reconnect and play on from live
+      await sleep(backoff); // ended (a drop, a proxy): reconnect and resume (?from_ms=)
       backoff = Math.min(backoff * 2, 5000);
     }
   }
@@ -266,6 +267,7 @@ class Conversation {
     let skip = 0;
     const resumed = res.headers.get("X-Stream-Resumed") === "true";
     if (this.streamMs !== null && !resumed) stats.streamGaps += 1;
+    if (resumed) stats.streamResumes += 1;
     let rate = 0;
     const reader = res.body.getReader();
     let head = new Uint8Array(0);
