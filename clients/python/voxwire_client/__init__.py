@@ -5,15 +5,23 @@ blocking one; both speak the same HTTP API (docs/api.md) through one sans-IO cor
 """
 
 from voxwire_client._async import AudioStream, EventStream, Session, VoxwireClient
-from voxwire_client._core import ALLOWED_RATES, Event, VoxwireError
+from voxwire_client._core import (
+    ALLOWED_RATES,
+    NO_RECONNECT,
+    Event,
+    ReconnectPolicy,
+    VoxwireError,
+)
 from voxwire_client._sync import Client, SyncAudioStream, SyncEventStream, SyncSession
 
 __all__ = [
     "ALLOWED_RATES",
+    "NO_RECONNECT",
     "AudioStream",
     "Client",
     "Event",
     "EventStream",
+    "ReconnectPolicy",
     "Session",
     "SyncAudioStream",
     "SyncEventStream",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
+import random
 from typing import TYPE_CHECKING, Any, Self
 
 import httpx
@@ -16,26 +16,36 @@ from voxwire_client._core import (
     EVENTS_TIMEOUT,
     REQUEST_TIMEOUT,
     AsyncPcmSource,
+    AudioTimeline,
+    Backoff,
     Call,
     Event,
     EventCursor,
+    Notifier,
     OddByteCarry,
     PcmChunker,
     PcmLike,
+    ReconnectPolicy,
     SessionInfo,
+    StreamStart,
+    UploadWindow,
     VoxwireError,
     WavStreamReader,
+    acked_sequence,
     as_pcm16,
+    audio_gap_event,
     check,
     chunk_bytes_for,
     create_call,
     error_from,
+    reason_of,
+    reconnected_event,
+    reconnecting_event,
     split_upload,
-    upload_retry_delay,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
     from types import TracebackType
 
     from httpx_sse import ServerSentEvent
@@ -52,6 +62,13 @@ class VoxwireClient:
         api_key: Sent when creating sessions, if the server sets ``VOXWIRE_API_KEY``.
         http: An ``httpx.AsyncClient`` to use (not closed by this client). By default one
             is created and closed with the client.
+        reconnect: How sessions' uploads and streams reconnect after a lost connection
+            (:class:`ReconnectPolicy`; ``NO_RECONNECT`` turns it off).
+        on_notice: Called (synchronously, from the task that reconnects) with every
+            client-side notice of a session: ``client.reconnecting``,
+            ``client.reconnected``, ``client.audio_gap``. They also appear in the session's
+            event iterator.
+        rng: The jitter's random source (seed it for reproducible runs).
 
     Use as ``async with VoxwireClient(url) as client:``.
     """
@@ -62,11 +79,17 @@ class VoxwireClient:
         *,
         api_key: str | None = None,
         http: httpx.AsyncClient | None = None,
+        reconnect: ReconnectPolicy | None = None,
+        on_notice: Callable[[Event], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self._owns_http = http is None
         self.http = http if http is not None else httpx.AsyncClient(timeout=REQUEST_TIMEOUT)
+        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
+        self.on_notice = on_notice
+        self.rng = rng if rng is not None else random.Random()
 
     async def __aenter__(self) -> Self:
         return self
@@ -91,7 +114,13 @@ class VoxwireClient:
         """
         call = create_call(self.base_url, config, self.api_key)
         body = await _request(self.http, call)
-        return Session(self.http, SessionInfo.from_created(self.base_url, body))
+        return Session(
+            self.http,
+            SessionInfo.from_created(self.base_url, body),
+            reconnect=self.reconnect,
+            on_notice=self.on_notice,
+            rng=self.rng,
+        )
 
     @contextlib.asynccontextmanager
     async def session(self, **config: Any) -> AsyncIterator[Session]:
@@ -119,15 +148,42 @@ class Session:
 
     Attributes:
         info: id, token and the config the server confirmed.
+        reconnect: The reconnect policy of its uploads and streams.
+        notifier: Its client-side notices (``notifier.callback``, ``notifier.counts``).
     """
 
-    def __init__(self, http: httpx.AsyncClient, info: SessionInfo) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        info: SessionInfo,
+        *,
+        reconnect: ReconnectPolicy | None = None,
+        on_notice: Callable[[Event], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.http = http
         self.info = info
-        self.next_sequence = 0
-        self._upload_lock = trio.Lock()  # sequence numbers are assigned in upload order
+        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
+        self.notifier = Notifier(on_notice)
+        self.rng = rng if rng is not None else random.Random()
+        rate = int(info.config.get("input_sample_rate", 16000))
+        self._window = UploadWindow(int(self.reconnect.max_unacked_s * rate) * 2)
+        self._upload_lock = trio.Lock()  # pieces go out one at a time, in order
         self._carry = OddByteCarry()
         self._deleted = False
+
+    @property
+    def next_sequence(self) -> int:
+        """The ``X-Sequence`` the next upload piece gets."""
+        return self._window.next_sequence
+
+    @property
+    def unacked_bytes(self) -> int:
+        """Audio uploaded but not acknowledged by the server yet (held for resending)."""
+        return self._window.pending_bytes
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.reconnect, self.rng)
 
     @property
     def id(self) -> str:
@@ -146,34 +202,54 @@ class Session:
     async def upload(self, pcm: PcmLike, *, rate: int | None = None) -> None:
         """Append PCM16 audio to the session, as one sequenced POST (or a few if > 512 KiB).
 
-        An odd trailing byte is held back for the next call. A 429/503 with
-        ``Retry-After``, or a lost connection, is retried with the same ``X-Sequence``
-        (the server ignores a duplicate), a few times at most.
+        An odd trailing byte is held back for the next call. Returns once the server has
+        acknowledged it. A lost connection, a 429/503 (``Retry-After`` honoured), a
+        proxy's 502/504 are retried under the :class:`ReconnectPolicy` with the same
+        ``X-Sequence`` (the server ignores a duplicate), with ``client.reconnecting`` /
+        ``client.reconnected`` notices (stream ``"upload"``).
 
         Args:
             pcm: Mono PCM16 little-endian bytes, or an int16/float array.
             rate: Its sample rate when not the session's ``input_sample_rate``.
 
         Raises:
-            VoxwireError: the server refused the audio.
+            VoxwireError: the server refused the audio (404 ``session_not_found``: the
+                session is gone, e.g. its instance died).
             httpx.TransportError: the server stayed unreachable.
         """
         async with self._upload_lock:
             for piece in split_upload(self._carry.align(as_pcm16(pcm))):
-                await self._upload_piece(piece, rate)
+                self._window.add(piece, rate)
+                await self._flush()
 
-    async def _upload_piece(self, piece: bytes, rate: int | None) -> None:
-        call = self.info.upload_call(self.next_sequence, piece, rate)
-        for attempt in itertools.count():
+    async def _flush(self) -> None:
+        """Send every piece not acknowledged yet, oldest first (the upload lock is held)."""
+        while (item := self._window.oldest()) is not None:
+            await self._send_piece(*item)
+
+    async def _send_piece(self, sequence: int, piece: bytes, rate: int | None) -> None:
+        call = self.info.upload_call(sequence, piece, rate)
+        backoff = self._backoff()
+        while True:
+            error: VoxwireError | None = None
             try:
-                await _request(self.http, call)
-            except (httpx.TransportError, VoxwireError) as exc:
-                delay = upload_retry_delay(exc if isinstance(exc, VoxwireError) else None, attempt)
-                if delay is None:
-                    raise
+                response = await self.http.request(call.method, call.url, **call.kwargs())
+                check(call, response)
+            except httpx.TransportError as exc:
+                failure: Exception = exc
+            except VoxwireError as exc:
+                failure = error = exc
             else:
-                self.next_sequence += 1
+                self._window.ack(acked_sequence(response.headers, sequence))
+                if backoff.failures:
+                    self.notifier.emit(reconnected_event("upload", backoff.failures))
                 return
+            delay = backoff.next_delay(error)
+            if delay is None:
+                raise failure
+            self.notifier.emit(
+                reconnecting_event("upload", backoff.failures, delay, reason_of(failure))
+            )
             await trio.sleep(delay)
 
     async def stream_pcm(
@@ -194,28 +270,51 @@ class Session:
                 goes at once). Off for sources that are already live, like a microphone.
             chunk_ms: The size of each upload.
 
+        Chunks are queued and sent by a helper task, so a lost connection does not hold the
+        source back: while reconnecting, up to ``reconnect.max_unacked_s`` of audio is kept
+        and then resent in order with the same sequence numbers. Returns once all of it is
+        acknowledged.
+
         Returns:
             The number of samples uploaded.
+
+        Raises:
+            VoxwireError: ``upload_backlog_full`` (status 0) when more than
+                ``max_unacked_s`` of audio waits for the server; any refusal of the server.
+            httpx.TransportError: the server stayed unreachable.
         """
         src_rate = rate or int(self.config["input_sample_rate"])
         chunker = PcmChunker(chunk_bytes_for(src_rate, chunk_ms))
         t0 = trio.current_time()
         sent = 0
+        kick_send, kick_receive = trio.open_memory_channel[None](1)
 
-        async def send(chunk: bytes) -> None:
+        async def sender() -> None:
+            async with kick_receive:
+                async for _ in kick_receive:
+                    async with self._upload_lock:
+                        await self._flush()
+            async with self._upload_lock:
+                await self._flush()
+
+        async def queue(chunk: bytes) -> None:
             nonlocal sent
-            await self.upload(chunk, rate=rate)
+            self._window.add(chunk, rate)
+            with contextlib.suppress(trio.WouldBlock):  # a kick is pending already
+                kick_send.send_nowait(None)
             sent += len(chunk) // 2
             if realtime:
                 await trio.sleep_until(t0 + sent / src_rate)
 
-        async with contextlib.aclosing(_pieces(source)) as pieces:
-            async for data in pieces:
-                for chunk in chunker.feed(as_pcm16(data)):
-                    await send(chunk)
-        tail = chunker.flush()
-        if tail:
-            await send(tail)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            async with kick_send, contextlib.aclosing(_pieces(source)) as pieces:
+                async for data in pieces:
+                    for chunk in chunker.feed(as_pcm16(data)):
+                        await queue(chunk)
+                tail = chunker.flush()
+                if tail:
+                    await queue(tail)
         return sent
 
     # -- client events -------------------------------------------------------------------
@@ -284,13 +383,14 @@ class Session:
         """The server events: ``async with s.events() as events: async for e in events``.
 
         Without ``last_event_id`` the stream starts with the oldest event the server
-        still holds (so ``session.created`` is seen).
+        still holds (so ``session.created`` is seen). Also yields the session's
+        client-side notices (``client.*`` types, ``id`` ``None``).
         """
-        return EventStream(self.http, self.info, last_event_id)
+        return EventStream(self, last_event_id)
 
     def audio(self) -> AudioStream:
         """The reply audio: ``async with s.audio() as audio: async for pcm in audio``."""
-        return AudioStream(self.http, self.info)
+        return AudioStream(self)
 
 
 async def _pieces(source: AsyncPcmSource) -> AsyncGenerator[PcmLike, None]:
@@ -311,18 +411,19 @@ async def _raise_for_stream(response: httpx.Response) -> None:
 
 
 class EventStream:
-    """The session's server events as :class:`Event` objects.
+    """The session's server events as :class:`Event` objects, as one stream.
 
-    A dropped connection is resumed with ``Last-Event-ID`` (nothing lost or repeated), a
-    few times in a row at most; iteration ends when the server ends the stream (the
-    session was deleted, or the server is shutting down).
+    A lost connection (or a proxy's 502/503/504) is reopened under the session's
+    :class:`ReconnectPolicy` with ``Last-Event-ID``, and events already seen are dropped,
+    so every event arrives once, in order. The session's client-side notices
+    (``client.reconnecting``, ``client.reconnected``, ``client.audio_gap``; ``id`` is
+    ``None``) are yielded too: at once for this stream's own reconnects, before the next
+    server event (or ping) for the other streams'. Iteration ends when the server ends the
+    stream (the session was deleted, or the server is shutting down).
     """
 
-    def __init__(
-        self, http: httpx.AsyncClient, info: SessionInfo, last_event_id: int | None
-    ) -> None:
-        self._http = http
-        self._info = info
+    def __init__(self, session: Session, last_event_id: int | None) -> None:
+        self._session = session
         self.cursor = EventCursor()
         self.cursor.last_event_id = last_event_id
         self._stack: contextlib.AsyncExitStack | None = None
@@ -340,60 +441,118 @@ class EventStream:
     ) -> None:
         await self._disconnect()
 
-    async def _connect(self) -> None:
-        url, headers = self._info.events_request(self.cursor.last_event_id)
+    async def _connect(self) -> dict[str, Any]:
+        s = self._session
+        url, headers = s.info.events_request(self.cursor.last_event_id)
         async with contextlib.AsyncExitStack() as stack:
             source = await stack.enter_async_context(
-                aconnect_sse(self._http, "GET", url, headers=headers, timeout=EVENTS_TIMEOUT)
+                aconnect_sse(s.http, "GET", url, headers=headers, timeout=EVENTS_TIMEOUT)
             )
             await _raise_for_stream(source.response)
             self._sse = source.aiter_sse()
             stack.push_async_callback(self._sse.aclose)
             self._stack = stack.pop_all()
+        return {"last_event_id": self.cursor.last_event_id}
 
     async def _disconnect(self) -> None:
         stack, self._stack, self._sse = self._stack, None, None
         if stack is not None:
             await stack.aclose()
 
+    async def _reconnect(self, failure: Exception) -> None:
+        await self._disconnect()
+        await _reconnect_loop(self._session, "events", failure, self._connect)
+
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Event:
+        notifier = self._session.notifier
         while True:
+            notice = notifier.take()
+            if notice is not None:
+                return notice
             if self._sse is None:
                 raise StopAsyncIteration
             try:
                 sse = await self._sse.__anext__()
-            except httpx.TransportError:
-                delay = self.cursor.reconnect_delay()
-                if delay is None:
-                    raise
-                await self._disconnect()
-                await trio.sleep(delay)
-                await self._connect()
+            except httpx.TransportError as exc:
+                await self._reconnect(exc)
                 continue
             event = self.cursor.observe(sse)
             if event is not None:
                 return event
 
 
+async def _reconnect_loop(
+    session: Session,
+    stream: str,
+    failure: Exception,
+    connect: Callable[[], Awaitable[dict[str, Any]]],
+) -> None:
+    """Call ``connect`` until it succeeds, backing off; notices for ``stream``.
+
+    ``connect`` returns details for the ``client.reconnected`` notice.
+
+    Raises:
+        VoxwireError: a refusal that will not go away (404 ``session_not_found``: the
+            session is gone), or the last one when the policy gives up.
+        httpx.TransportError: the last failure when the policy gives up.
+    """
+    backoff = session._backoff()
+    error: VoxwireError | None = None
+    while True:
+        delay = backoff.next_delay(error)
+        if delay is None:
+            raise failure
+        session.notifier.emit(
+            reconnecting_event(stream, backoff.failures, delay, reason_of(failure))
+        )
+        await trio.sleep(delay)
+        try:
+            details = await connect()
+        except httpx.TransportError as exc:
+            failure, error = exc, None
+        except VoxwireError as exc:
+            failure = error = exc
+        else:
+            session.notifier.emit(reconnected_event(stream, backoff.failures, **details))
+            return
+
+
 class AudioStream:
-    """``stream_audio`` as PCM16 bytes, without the WAV header.
+    """``stream_audio`` as PCM16 bytes without the WAV header, as one stream.
 
     Entering opens the stream and reads the header, so :attr:`sample_rate` is known and
     the server is already playing out to us when ``async with`` returns.
+
+    A lost connection (or a proxy's 502/503/504) is reopened under the session's
+    :class:`ReconnectPolicy` with ``?from_ms=`` the position reached: what the server
+    replays from its buffer (3 s) and the client already has is dropped, so the stream
+    continues without a repeat or a gap. When the server cannot replay (reconnected too
+    late), the missing span is recorded in :attr:`gaps` and announced with a
+    ``client.audio_gap`` notice; nothing is inserted for it. A clean end (takeover by
+    another GET, ``stop_stream``, the session deleted) ends the iteration.
+
+    Attributes:
+        bytes_received: PCM bytes handed out so far (padding silence included).
+        last_position: The stream-timeline position (in samples at :attr:`sample_rate`) of
+            the first sample of the chunk last handed out, or ``None`` when that chunk is
+            padding silence (a fresh response's lead, not part of the timeline).
     """
 
-    def __init__(self, http: httpx.AsyncClient, info: SessionInfo) -> None:
-        self._http = http
-        self._info = info
+    def __init__(self, session: Session) -> None:
+        self._session = session
         self._reader = WavStreamReader()
+        self.timeline = AudioTimeline()
         self._stack: contextlib.AsyncExitStack | None = None
         self._chunks: AsyncIterator[bytes] | None = None
-        self._first = b""
-        #: PCM bytes handed out so far.
+        self._pieces: list[tuple[int | None, bytes]] = []
         self.bytes_received = 0
+        self.last_position: int | None = None
+        #: ``stream_audio`` responses opened (1 + reconnects).
+        self.connections = 0
+        self._gap: tuple[int, int] | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -401,24 +560,50 @@ class AudioStream:
             raise RuntimeError("the stream is not open")
         return self._reader.sample_rate
 
+    @property
+    def gaps(self) -> list[tuple[int, int]]:
+        """Spans ``(from_ms, to_ms)`` of the stream lost to reconnects."""
+        return self.timeline.gaps
+
     async def __aenter__(self) -> Self:
-        url, headers = self._info.stream_audio_request()
+        await self._connect()
+        return self
+
+    async def _connect(self) -> dict[str, Any]:
+        s = self._session
+        url, headers = s.info.stream_audio_request()
+        from_ms = self.timeline.resume_from_ms()
+        params = {} if from_ms is None else {"from_ms": str(from_ms)}
+        reader = WavStreamReader()
         async with contextlib.AsyncExitStack() as stack:
             response = await stack.enter_async_context(
-                self._http.stream("GET", url, headers=headers, timeout=AUDIO_TIMEOUT)
+                s.http.stream("GET", url, headers=headers, params=params, timeout=AUDIO_TIMEOUT)
             )
             await _raise_for_stream(response)
             chunks = response.aiter_bytes()
             stack.push_async_callback(_aclose, chunks)
-            while not self._reader.ready:
+            first = b""
+            while not reader.ready:
                 try:
                     data = await chunks.__anext__()
                 except StopAsyncIteration:
                     raise VoxwireError(0, "invalid_stream", "stream_audio ended early") from None
-                self._first = self._reader.feed(data)
+                first = reader.feed(data)
+            assert reader.sample_rate is not None
+            start = StreamStart.from_headers(response.headers)
+            gap = self.timeline.start(start, reader.sample_rate)
+            self._reader = reader
+            self._pieces = self.timeline.feed(first)
             self._chunks = chunks
             self._stack = stack.pop_all()
-        return self
+        self.connections += 1
+        self._gap = gap
+        return {"from_ms": from_ms, "resumed": start.resumed}
+
+    async def _disconnect(self) -> None:
+        stack, self._stack, self._chunks = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
 
     async def __aexit__(
         self,
@@ -426,22 +611,25 @@ class AudioStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack, self._stack, self._chunks = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+        await self._disconnect()
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._first:
-            data, self._first = self._first, b""
-        else:
-            data = b""
-        while not data:
+        while not self._pieces:
             if self._chunks is None:
                 raise StopAsyncIteration
-            data = self._reader.feed(await self._chunks.__anext__())
+            try:
+                data = await self._chunks.__anext__()
+            except httpx.TransportError as exc:
+                await self._disconnect()
+                await _reconnect_loop(self._session, "audio", exc, self._connect)
+                if self._gap is not None:
+                    self._session.notifier.emit(audio_gap_event(*self._gap))
+                continue
+            self._pieces = self.timeline.feed(self._reader.feed(data))
+        self.last_position, data = self._pieces.pop(0)
         self.bytes_received += len(data)
         return data
 

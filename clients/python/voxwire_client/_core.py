@@ -1,8 +1,10 @@
 """The sans-IO core shared by the async and the sync client.
 
 Everything here is plain data and pure functions: request descriptions, response and error
-parsing, the upload retry policy, PCM alignment and chunking, the streamed WAV header and
-the SSE cursor. The two I/O shells (``_async`` on trio + ``httpx.AsyncClient``, ``_sync`` on
+parsing, the upload retry policy, PCM alignment and chunking, the streamed WAV header, the
+SSE cursor, and the reconnect logic (backoff with full jitter, the window of un-acknowledged
+upload pieces, the audio stream's timeline across resumed responses). The two I/O shells
+(``_async`` on trio + ``httpx.AsyncClient``, ``_sync`` on
 ``httpx.Client``) only send what is described here and sleep where told to.
 """
 
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import AsyncIterable, Iterable
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +21,7 @@ import httpx
 import numpy as np
 
 if TYPE_CHECKING:
+    import random
     from collections.abc import Mapping
 
     from httpx_sse import ServerSentEvent
@@ -40,6 +44,8 @@ MAX_UPLOAD_RETRIES = 5
 #: A ``Retry-After`` longer than this is not waited out (the error is raised instead).
 MAX_RETRY_AFTER_S = 10.0
 MAX_EVENT_RECONNECTS = 3
+#: Client-side notices that wait for the event iterator (the oldest are dropped beyond).
+MAX_QUEUED_NOTICES = 256
 
 #: Plain requests; an upload may legitimately wait ~5 s for the session (then 429).
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -382,13 +388,16 @@ class EventCursor:
     """Turns SSE messages into :class:`Event` and remembers where to resume.
 
     After a dropped connection the stream is reopened with ``Last-Event-ID`` (so nothing
-    is lost or repeated), at most :data:`MAX_EVENT_RECONNECTS` times in a row.
+    is lost); an event whose id is not after the last one seen is dropped (so nothing is
+    repeated either).
     """
 
     def __init__(self) -> None:
         self.last_event_id: int | None = None
         self.retry_s = 1.0
         self.failures = 0
+        #: Events dropped because their id was not after :attr:`last_event_id`.
+        self.duplicates = 0
 
     def observe(self, sse: ServerSentEvent) -> Event | None:
         if sse.retry is not None:
@@ -407,9 +416,12 @@ class EventCursor:
                 event_id = int(sse.id)
             except ValueError:
                 event_id = None
-        if event_id is not None:
-            self.last_event_id = event_id
         self.failures = 0
+        if event_id is not None:
+            if self.last_event_id is not None and event_id <= self.last_event_id:
+                self.duplicates += 1  # replayed after a reconnect: seen already
+                return None
+            self.last_event_id = event_id
         return Event(data["type"], data, event_id)
 
     def reconnect_delay(self) -> float | None:
@@ -418,3 +430,274 @@ class EventCursor:
             return None
         self.failures += 1
         return self.retry_s
+
+
+# -- reconnecting ------------------------------------------------------------------------
+
+#: Statuses worth another attempt: a proxy without its upstream, backpressure, overload, an
+#: earlier attempt of ours still running on the server, a body the server timed out.
+RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """How the streams and uploads reconnect: exponential backoff with full jitter.
+
+    Attempt ``k`` (from 0) of a run of failures waits a uniformly random time in
+    ``[0, min(max_delay_s, base_delay_s * 2**k)]``; after ``max_attempts`` failures in a
+    row the last error is raised. A success starts the count again.
+
+    Attributes:
+        max_attempts: Failed attempts in a row before giving up.
+        base_delay_s: The cap of the first delay.
+        max_delay_s: The largest cap.
+        max_unacked_s: Upload audio (at the session's input rate) held for resending while
+            the server has not acknowledged it; more raises ``upload_backlog_full``.
+        max_retry_after_s: A ``Retry-After`` longer than this is not waited out.
+    """
+
+    max_attempts: int = 8
+    base_delay_s: float = 0.1
+    max_delay_s: float = 5.0
+    max_unacked_s: float = 10.0
+    max_retry_after_s: float = MAX_RETRY_AFTER_S
+
+    def delay(self, attempt: int, rng: random.Random) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up."""
+        if attempt >= self.max_attempts:
+            return None
+        return rng.uniform(0.0, min(self.max_delay_s, self.base_delay_s * 2.0**attempt))
+
+
+#: Never reconnect: every failure is raised at once (the behaviour of a plain request).
+NO_RECONNECT = ReconnectPolicy(max_attempts=0)
+
+
+def retryable(error: VoxwireError | None) -> bool:
+    """Whether a failure may go away by trying again (``None``: the connection failed)."""
+    if error is None:
+        return True
+    if error.status == 409:
+        return error.code == "upload_in_progress"
+    return error.status in RETRYABLE_STATUSES
+
+
+class Backoff:
+    """One run of reconnect attempts under a :class:`ReconnectPolicy`."""
+
+    def __init__(self, policy: ReconnectPolicy, rng: random.Random) -> None:
+        self.policy = policy
+        self.rng = rng
+        #: Failed attempts in a row so far.
+        self.failures = 0
+
+    def next_delay(self, error: VoxwireError | None) -> float | None:
+        """Seconds to wait before trying again after ``error``, or ``None`` to raise it.
+
+        Args:
+            error: The server's refusal, or ``None`` for a transport failure.
+        """
+        if not retryable(error):
+            return None
+        delay = self.policy.delay(self.failures, self.rng)
+        if delay is None:
+            return None
+        self.failures += 1
+        if error is not None and error.retry_after is not None:
+            if error.retry_after > self.policy.max_retry_after_s:
+                return None
+            return max(delay, error.retry_after)
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
+def reason_of(exc: BaseException) -> str:
+    if isinstance(exc, VoxwireError):
+        return f"{exc.status} {exc.code}"
+    return type(exc).__name__
+
+
+def reconnecting_event(stream: str, attempt: int, delay_s: float, reason: str) -> Event:
+    """The client-side notice ``client.reconnecting`` (``id`` is ``None``)."""
+    data = {
+        "type": "client.reconnecting",
+        "stream": stream,
+        "attempt": attempt,
+        "delay_s": round(delay_s, 3),
+        "reason": reason,
+    }
+    return Event("client.reconnecting", data)
+
+
+def reconnected_event(stream: str, attempts: int, **extra: Any) -> Event:
+    """The client-side notice ``client.reconnected`` (``id`` is ``None``)."""
+    data = {"type": "client.reconnected", "stream": stream, "attempts": attempts, **extra}
+    return Event("client.reconnected", data)
+
+
+def audio_gap_event(from_ms: int, to_ms: int) -> Event:
+    """``client.audio_gap``: the server could not replay ``[from_ms, to_ms)`` of the stream."""
+    data = {
+        "type": "client.audio_gap",
+        "stream": "audio",
+        "from_ms": from_ms,
+        "to_ms": to_ms,
+        "missing_ms": to_ms - from_ms,
+    }
+    return Event("client.audio_gap", data)
+
+
+class Notifier:
+    """Client-side notices: a callback at once, and a bounded queue for the event iterator."""
+
+    def __init__(self, callback: Callable[[Event], None] | None = None) -> None:
+        self.callback = callback
+        self.queue: deque[Event] = deque(maxlen=MAX_QUEUED_NOTICES)
+        #: How many notices of each type were emitted (never trimmed).
+        self.counts: dict[str, int] = {}
+
+    def emit(self, event: Event) -> None:
+        self.counts[event.type] = self.counts.get(event.type, 0) + 1
+        self.queue.append(event)
+        if self.callback is not None:
+            self.callback(event)
+
+    def take(self) -> Event | None:
+        return self.queue.popleft() if self.queue else None
+
+
+class UploadWindow:
+    """Sequenced upload pieces the server has not acknowledged yet, in order.
+
+    Each piece gets the next ``X-Sequence`` when added and stays until an
+    ``X-Acked-Sequence`` covers it, so after a lost connection the same pieces are resent
+    with the same numbers (the server drops the ones it already holds).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.next_sequence = 0
+        self.pending_bytes = 0
+        self._pieces: deque[tuple[int, bytes, int | None]] = deque()
+
+    def add(self, pcm: bytes, rate: int | None) -> int:
+        """Queue ``pcm`` under the next sequence number and return it.
+
+        Raises:
+            VoxwireError: ``upload_backlog_full`` (status 0) when the pieces waiting already
+                hold ``max_bytes`` (one piece is always taken into an empty window).
+        """
+        if self._pieces and self.pending_bytes + len(pcm) > self.max_bytes:
+            raise VoxwireError(
+                0,
+                "upload_backlog_full",
+                f"{self.pending_bytes} bytes of audio are not acknowledged yet "
+                f"(at most {self.max_bytes} are held for resending): the server is unreachable",
+            )
+        sequence = self.next_sequence
+        self._pieces.append((sequence, pcm, rate))
+        self.pending_bytes += len(pcm)
+        self.next_sequence += 1
+        return sequence
+
+    def oldest(self) -> tuple[int, bytes, int | None] | None:
+        return self._pieces[0] if self._pieces else None
+
+    def ack(self, acked_sequence: int) -> None:
+        """Forget every piece up to ``acked_sequence`` (the server holds them)."""
+        while self._pieces and self._pieces[0][0] <= acked_sequence:
+            self.pending_bytes -= len(self._pieces.popleft()[1])
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+
+
+def acked_sequence(headers: httpx.Headers, sent: int) -> int:
+    """``X-Acked-Sequence`` of a 204, or the number just sent when the header is missing."""
+    value = headers.get("X-Acked-Sequence")
+    if value is not None and value.isdigit():
+        return int(value)
+    return sent
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """Where one ``stream_audio`` response sits on the session's stream timeline."""
+
+    position_ms: int
+    padding_bytes: int
+    resumed: bool
+
+    @classmethod
+    def from_headers(cls, headers: httpx.Headers) -> StreamStart:
+        def number(name: str) -> int:
+            value = headers.get(name, "0")
+            return int(value) if value.isdigit() else 0
+
+        return cls(
+            number("X-Stream-Position-Ms"),
+            number("X-Stream-Padding-Bytes"),
+            headers.get("X-Stream-Resumed", "false").lower() == "true",
+        )
+
+
+class AudioTimeline:
+    """Stitches ``stream_audio`` responses into one stream across reconnects.
+
+    Positions count samples at the stream's rate from the start of the session's stream
+    timeline. :meth:`feed` turns each response's PCM (header stripped) into pieces
+    ``(position, pcm)``: ``position`` is ``None`` for the padding silence of a fresh
+    (not resumed) response, which is not on the timeline; replayed samples the client
+    already has are dropped.
+    """
+
+    def __init__(self) -> None:
+        self.rate: int | None = None
+        #: The timeline position of the next sample expected (``None`` before the first).
+        self.next_sample: int | None = None
+        #: Spans ``(from_ms, to_ms)`` the server could not replay after a reconnect.
+        self.gaps: list[tuple[int, int]] = []
+        self._padding = 0
+        self._drop = 0
+
+    def resume_from_ms(self) -> int | None:
+        """The ``from_ms`` to reconnect with (``None`` before the first response)."""
+        if self.next_sample is None or self.rate is None:
+            return None
+        return self.next_sample * 1000 // self.rate
+
+    def start(self, start: StreamStart, rate: int) -> tuple[int, int] | None:
+        """A new response began; returns the gap ``(from_ms, to_ms)`` it leaves, if any."""
+        if self.rate is not None and rate != self.rate:
+            raise VoxwireError(0, "invalid_stream", "stream_audio changed its sample rate")
+        self.rate = rate
+        position = start.position_ms * rate // 1000
+        self._padding = start.padding_bytes
+        expected = self.next_sample
+        self._drop = 0 if expected is None else max(0, expected - position)
+        gap = None
+        if expected is not None and position > expected:
+            gap = (expected * 1000 // rate, start.position_ms)
+            self.gaps.append(gap)
+        self.next_sample = position if expected is None else max(expected, position)
+        return gap
+
+    def feed(self, pcm: bytes) -> list[tuple[int | None, bytes]]:
+        """Sample-aligned PCM of the current response as ``(position, pcm)`` pieces."""
+        out: list[tuple[int | None, bytes]] = []
+        if self._padding:
+            pad, pcm = pcm[: self._padding], pcm[self._padding :]
+            self._padding -= len(pad)
+            out.append((None, pad))
+        if self._drop and pcm:
+            dropped = min(self._drop, len(pcm) // 2)
+            self._drop -= dropped
+            pcm = pcm[2 * dropped :]
+        if pcm:
+            if self.next_sample is None:
+                raise RuntimeError("feed() before start()")
+            out.append((self.next_sample, pcm))
+            self.next_sample += len(pcm) // 2
+        return out
