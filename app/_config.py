@@ -191,11 +191,15 @@ def _bad(param: str, message: str) -> ApiError:
 def _number(value: object, param: str, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(param, f"{param} must be a number")
-    if not math.isfinite(value):
+    try:
+        number = float(value)  # a JSON integer may be far beyond any float
+    except OverflowError:
+        raise _bad(param, f"{param} must be between {lo:g} and {hi:g}") from None
+    if not math.isfinite(number):
         raise _bad(param, f"{param} must be finite")
-    if not lo <= value <= hi:
+    if not lo <= number <= hi:
         raise _bad(param, f"{param} must be between {lo:g} and {hi:g}")
-    return float(value)
+    return number
 
 
 def _integer(value: object, param: str, lo: int, hi: int) -> int:

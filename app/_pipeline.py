@@ -586,6 +586,11 @@ class Pipeline:
         self.conversation.add(item)
         self._events.emit("conversation.item.created", item=item.describe())
 
+    def response_room(self) -> int:
+        """How many more response.create requests the queue takes now."""
+        stats = self._requests.statistics()
+        return int(stats.max_buffer_size - stats.current_buffer_used)
+
     def request_response(self, instructions: str | None) -> None:
         """response.create: a reply to the conversation as it stands.
 

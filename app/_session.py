@@ -195,15 +195,47 @@ class Session:
             },
         }
 
-    def update_config(self, patch: object) -> SessionConfig:
-        """Apply a session.update; emits ``session.updated``."""
-        config = validate_session_config(patch, self.config, update=True)
+    def check_config(self, patch: object, base: SessionConfig | None = None) -> SessionConfig:
+        """Validate a session.update over ``base`` (the current config) without applying it.
+
+        Raises:
+            ApiError: 422 naming the field; 503 when the new responder needs the models and
+                they are not loaded.
+        """
+        config = validate_session_config(patch, base or self.config, update=True)
         error = None if config.responder == "loopback" else self._hub.unavailable()
         if error is not None:
             raise error
+        return config
+
+    def apply_config(self, config: SessionConfig) -> None:
+        """Apply a config from :meth:`check_config`; emits ``session.updated``."""
         self.config = config
         self.events.emit("session.updated", session=self.describe())
+
+    def update_config(self, patch: object) -> SessionConfig:
+        """Validate and apply a session.update; emits ``session.updated``."""
+        self.apply_config(self.check_config(patch))
         return self.config
+
+    def check_responses(self, count: int) -> None:
+        """Whether ``count`` response.create events can be taken now (nothing applied).
+
+        Raises:
+            ApiError: 503 while the models are not loaded (a reply needs the voice);
+                429 when the response queue has no room for them.
+        """
+        error = self._hub.unavailable()
+        if error is not None:
+            raise error
+        if count > self.pipeline.response_room():
+            raise ApiError(
+                429,
+                "too_many_responses",
+                "responses are already queued for this session",
+                error_type="rate_limit_error",
+                headers={"Retry-After": str(self._server.retry_after_s)},
+            )
 
     # -- upload ----------------------------------------------------------------------
 

@@ -217,9 +217,20 @@ async def post_events(session_id: str) -> Response:
         items = data if isinstance(data, list) else [data]
         try:
             events = [_validate_client_event(e, i) for i, e in enumerate(items)]
+            # Everything that can be refused is checked before anything is applied, so a
+            # refused list changes nothing (commit/clear travel in-band with the audio and
+            # can still meet upload backpressure).
+            configs, config = [], session.config
             for event in events:
                 if event["type"] == "session.update":
-                    session.update_config(event["session"])
+                    config = session.check_config(event["session"], config)
+                    configs.append(config)
+            creates = sum(e["type"] == "response.create" for e in events)
+            if creates:
+                session.check_responses(creates)
+            for event in events:
+                if event["type"] == "session.update":
+                    session.apply_config(configs.pop(0))
                 elif event["type"] == "input_audio_buffer.clear":
                     await session.clear_input()
                     session.events.emit("input_audio_buffer.cleared")
