@@ -140,3 +140,15 @@ async def json_body(*, allow_empty: bool = True, limit: int | None = None) -> An
         return json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+def whole_number(raw: str) -> int | None:
+    """Plain ASCII digits (surrounding spaces allowed), at most 2**62; else ``None``.
+
+    ``int()`` alone also takes ``+5``, ``1_000`` and non-ASCII digits.
+    """
+    raw = raw.strip(" \t")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if value <= 2**62 else None

@@ -11,7 +11,7 @@ from werkzeug.http import parse_options_header
 from app._config import SUPPORTED_RATES
 from app._errors import ApiError
 from app._session import PcmFormat
-from app.routes._common import authorised_session, metrics, refuse_if_draining
+from app.routes._common import authorised_session, metrics, refuse_if_draining, whole_number
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -56,10 +56,10 @@ def parse_pcm_format(content_type: str | None, session_rate: int) -> PcmFormat:
             raise _unsupported("audio/L16 needs a rate parameter, e.g. audio/L16;rate=16000")
         rate = session_rate
     else:
-        try:
-            rate = int(rate_text)
-        except ValueError:
-            raise _unsupported(f"rate must be an integer, got {rate_text!r}") from None
+        parsed = whole_number(rate_text)
+        if parsed is None:
+            raise _unsupported(f"rate must be an integer, got {rate_text!r}")
+        rate = parsed
     if rate not in SUPPORTED_RATES:
         raise _unsupported(f"rate {rate} is not one of {', '.join(map(str, SUPPORTED_RATES))}")
     return PcmFormat(rate, big_endian=mimetype == "audio/l16")
@@ -69,11 +69,8 @@ def _sequence() -> int | None:
     raw = request.headers.get("X-Sequence")
     if raw is None:
         return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        value = -1
-    if value < 0 or value > 2**62:
+    value = whole_number(raw)
+    if value is None:
         raise ApiError(
             400, "invalid_sequence", "X-Sequence must be an integer >= 0", param="X-Sequence"
         )
@@ -106,7 +103,7 @@ def _from_ms() -> int | None:
     raw = request.args.get("from_ms")
     if raw is None:
         return None
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+    if whole_number(raw) is None:
         raise ApiError(
             400, "invalid_from_ms", "from_ms must be a whole number of ms", param="from_ms"
         )

@@ -11,7 +11,13 @@ import trio
 from quart import Blueprint, Response, jsonify, request
 
 from app._errors import ApiError
-from app.routes._common import authorised_session, json_body, refuse_if_draining, server_config
+from app.routes._common import (
+    authorised_session,
+    json_body,
+    refuse_if_draining,
+    server_config,
+    whole_number,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -53,11 +59,8 @@ def _last_event_id() -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
+    value = whole_number(raw)
+    if value is None:
         raise ApiError(
             400,
             "invalid_last_event_id",
