@@ -13,12 +13,15 @@ bodies and 3200-byte chunks, paced in real time, on the connections URLSession w
 - client events and the ``DELETE`` on that idle keep-alive connection.
 
 The replay also covers what the client does on failures: a resend of a chunk whose response
-was lost (204, nothing appended), a sequence gap (409, decoded as ``VoxwireError``), and an
-events connection dropped and resumed after ``retry`` with ``Last-Event-ID``.
+was lost (204, nothing appended), a sequence gap (409, decoded as ``VoxwireError``), an audio
+stream dropped mid-reply and resumed with ``?from_ms=`` the position received (stitched as
+``AudioTimeline`` does: the replayed overlap dropped, so the reply is heard once, whole), an
+events connection dropped and resumed after ``retry`` with ``Last-Event-ID``, and a stream
+reconnect after the session is gone (404, no retry).
 
 ``test_the_replay_matches_the_swift_sources`` reads the Swift sources, so the two cannot
 drift apart silently: every request in ``Requests.swift`` (method, path, header names and
-literal values) must be the one replayed here, and so must the chunk size.
+literal values, query items) must be the one replayed here, and so must the chunk size.
 """
 
 from __future__ import annotations
@@ -69,12 +72,14 @@ class RequestSpec:
     ``path`` is a literal path or the key of the creation response's ``urls``. ``headers``
     are what the Swift code sets, in its order: values are templates where ``{}`` stands
     for an interpolated or computed part. ``optional`` ones are set only sometimes.
+    ``query`` are ``URLQueryItem`` entries appended to the path, only sometimes (when resuming).
     """
 
     method: str
     path: str
     headers: tuple[tuple[str, str], ...]
     optional: frozenset[str] = frozenset()
+    query: tuple[tuple[str, str], ...] = ()
 
 
 REQUESTS = {
@@ -109,7 +114,10 @@ REQUESTS = {
         optional=frozenset({"Last-Event-ID"}),  # only when resuming
     ),
     "streamAudio": RequestSpec(
-        "GET", "stream_audio", (("Authorization", "Bearer {}"), ("Accept", "audio/wav"))
+        "GET",
+        "stream_audio",
+        (("Authorization", "Bearer {}"), ("Accept", "audio/wav")),
+        query=(("from_ms", "{}"),),  # only when resuming
     ),
     "clientEvents": RequestSpec(
         "POST",
@@ -154,8 +162,14 @@ def swift_requests() -> dict[str, RequestSpec]:
                 headers.append((header, swift_template(value)))
                 if line.strip().startswith("if let"):
                     optional.add(header)
+        query = tuple(
+            (item, swift_template(value))
+            for item, value in re.findall(
+                r'URLQueryItem\(name: "([^"]+)", value: ("(?:[^"\\]|\\.)*"|[\w.]+)\)', body
+            )
+        )
         found[name.group()] = RequestSpec(
-            method.group(1), path, tuple(headers), frozenset(optional)
+            method.group(1), path, tuple(headers), frozenset(optional), query
         )
     return found
 
@@ -200,6 +214,19 @@ def test_the_replay_matches_the_swift_sources() -> None:
     for name in REQUESTS:
         assert f"Requests.{name}(" in callers, name
     assert 'send(events: [["type": "response.cancel"]])' in callers
+    # the stream resume: the headers read, the position sent back as from_ms, the overlap
+    # dropped, 404 final (what StreamReader and the replay's resume mirror)
+    stream = (SWIFT / "AudioStream.swift").read_text()
+    for header in ("X-Stream-Position-Ms", "X-Stream-Padding-Bytes", "X-Stream-Resumed"):
+        assert f'"{header}"' in stream, header
+    assert "Requests.streamAudio(endpoint, fromMs: timeline.receivedMs)" in callers
+    assert "return receivedSamples * 1000 / sampleRate" in stream
+    assert "let position = start.positionMs * rate / 1000" in stream
+    assert "overlapSamples = max(0, received - position)" in stream
+    assert "paddingSamples = start.paddingBytes / MemoryLayout<Int16>.size" in stream
+    statuses = re.search(r"static let retryableStatuses: Set<Int> = \[([\d, ]+)\]", stream)
+    assert statuses, "retryableStatuses"
+    assert 404 not in {int(n) for n in statuses.group(1).split(",")}
     # the error body the Swift decodes is the server's
     errors = (SWIFT / "Errors.swift").read_text()
     inner = errors[errors.index("struct Inner") : errors.index("let error: Inner")]
@@ -273,6 +300,7 @@ class SwiftClient:
     opened: list[Wire] = field(default_factory=list)
     idle: Wire | None = None  # URLSession's idle keep-alive connection
     sent: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
+    targets: list[tuple[str, str]] = field(default_factory=list)
 
     async def connection(self) -> Wire:
         """The idle keep-alive connection if there is one, else a new one."""
@@ -308,25 +336,45 @@ class SwiftClient:
         self.sent.append((name, headers))
         return headers
 
-    def target(self, name: str) -> str:
-        path = REQUESTS[name].path
-        return path if path.startswith("/") else self.urls[path]
+    def target(self, name: str, query: dict[str, str] | None = None) -> str:
+        """The path, with ``query`` appended as URLComponents writes ``queryItems``."""
+        spec = REQUESTS[name]
+        path = spec.path if spec.path.startswith("/") else self.urls[spec.path]
+        query = query or {}
+        assert set(query) <= {item for item, _ in spec.query}, query
+        items = []
+        for item, template in spec.query:
+            if item in query:
+                pattern = ".+".join(re.escape(part) for part in template.split("{}"))
+                assert re.fullmatch(pattern, query[item]), (item, query[item])
+                assert re.fullmatch(r"[\w.~-]*", query[item]), "URLComponents would escape it"
+                items.append(f"{item}={query[item]}")
+        return path + ("?" + "&".join(items) if items else "")
 
     async def start(
-        self, wire: Wire, name: str, values: dict[str, str], body: bytes = b""
+        self,
+        wire: Wire,
+        name: str,
+        values: dict[str, str],
+        body: bytes = b"",
+        query: dict[str, str] | None = None,
     ) -> h11.Response:
         """Send request ``name`` on ``wire``; return the response head."""
-        await wire.send(
-            REQUESTS[name].method, self.target(name), self.wire_headers(name, values, body), body
-        )
+        target = self.target(name, query)
+        await wire.send(REQUESTS[name].method, target, self.wire_headers(name, values, body), body)
+        self.targets.append((name, target))
         return await wire.head()
 
     async def call(
-        self, name: str, values: dict[str, str], body: bytes = b""
+        self,
+        name: str,
+        values: dict[str, str],
+        body: bytes = b"",
+        query: dict[str, str] | None = None,
     ) -> tuple[h11.Response, bytes, Wire]:
         """A request/response call on the keep-alive connection."""
         wire = await self.connection()
-        response = await self.start(wire, name, values, body)
+        response = await self.start(wire, name, values, body, query)
         data = await wire.body()
         await self.done_with(wire)
         return response, data, wire
@@ -396,20 +444,71 @@ class EventsReader:
         return self.of(kind)[0]
 
 
+@dataclass(frozen=True)
+class StreamStart:
+    """``StreamStart``: where a ``stream_audio`` response sits on the stream timeline."""
+
+    position_ms: int
+    padding_bytes: int
+    resumed: bool
+
+    @classmethod
+    def of(cls, response: h11.Response) -> StreamStart:
+        got = headers_of(response)
+        return cls(
+            int(got["x-stream-position-ms"]),
+            int(got["x-stream-padding-bytes"]),
+            got["x-stream-resumed"] == "true",
+        )
+
+
 @dataclass
 class StreamReader:
-    """``GET stream_audio`` decoded like ``WAVStreamDecoder``: header, then PCM16, odd bytes
-    carried over, whatever the reads' sizes."""
+    """``GET stream_audio`` decoded like ``AudioStreamReceiver``: per response, the WAV header,
+    then PCM16 with odd bytes carried over whatever the reads' sizes; across responses,
+    stitched like ``AudioTimeline``: the padding delivered but not on the timeline, a resumed
+    response's overlap (``received - position``) dropped, a later start recorded as a gap."""
 
     rate: int | None = None
     parts: list[np.ndarray] = field(default_factory=list)
     arrivals: list[tuple[float, int]] = field(default_factory=list)  # (time, samples so far)
     ended: trio.Event = field(default_factory=trio.Event)  # cleanly
+    received: int | None = None  # timeline position (samples) of the next sample expected
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # (from_ms, to_ms)
+    _start: StreamStart | None = None
+    _begun: bool = False
+    _padding: int = 0  # samples
+    _overlap: int = 0  # samples
     _pending: bytes = b""
+
+    def response(self, start: StreamStart) -> None:
+        """A new response's head (``receive(response:)``): a new decoder."""
+        self._start, self._begun, self._pending = start, False, b""
+
+    @property
+    def received_ms(self) -> int | None:
+        """``AudioTimeline.receivedMs``: the ``from_ms`` of a reconnect."""
+        if self.received is None or self.rate is None:
+            return None
+        return self.received * 1000 // self.rate
+
+    def begin(self, rate: int) -> None:
+        assert self._start is not None
+        assert self.rate in (None, rate), "the rate changed"
+        self.rate = rate
+        position = self._start.position_ms * rate // 1000
+        self._padding, self._overlap = self._start.padding_bytes // 2, 0
+        if self.received is None:
+            self.received = position
+            return
+        self._overlap = max(0, self.received - position)
+        if not self._start.resumed or position > self.received:
+            self.gaps.append((self.received * 1000 // rate, self._start.position_ms))
+        self.received = max(self.received, position)
 
     def feed(self, chunk: bytes) -> None:
         self._pending += chunk
-        if self.rate is None:
+        if not self._begun:
             if len(self._pending) < WAV_HEADER_BYTES:
                 return
             header, self._pending = (
@@ -421,10 +520,18 @@ class StreamReader:
             )
             assert (riff, wave, fmt, data) == (b"RIFF", b"WAVE", b"fmt ", b"data")
             assert (pcm, channels, bits) == (1, 1, 16)
-            self.rate = rate
+            self.begin(rate)
+            self._begun = True
         whole = len(self._pending) // 2 * 2
-        self.parts.append(np.frombuffer(self._pending[:whole], "<i2").copy())
+        samples = np.frombuffer(self._pending[:whole], "<i2").copy()
         self._pending = self._pending[whole:]
+        lead, samples = samples[: self._padding], samples[self._padding :]
+        self._padding -= len(lead)
+        repeated, samples = samples[: self._overlap], samples[self._overlap :]
+        self._overlap -= len(repeated)
+        assert self.received is not None
+        self.received += len(samples)
+        self.parts += [lead, samples]
         self.arrivals.append((trio.current_time(), self.count))
 
     @property
@@ -438,9 +545,19 @@ class StreamReader:
     def received_by(self, t: float) -> int:
         return max((n for when, n in self.arrivals if when <= t), default=0)
 
+    def loud_ms(self) -> float:
+        """How much has arrived since the first non-silent sample (0 before it)."""
+        loud = np.flatnonzero(self.samples)
+        if not len(loud) or self.rate is None:
+            return 0.0
+        return (self.count - int(loud[0])) * 1000 / self.rate
+
     async def run(self, wire: Wire) -> None:
-        while isinstance(event := await wire.event(), h11.Data):
-            self.feed(event.data)
+        try:
+            while isinstance(event := await wire.event(), h11.Data):
+                self.feed(event.data)
+        except trio.ClosedResourceError:
+            return  # this side dropped the connection (a simulated network loss)
         assert isinstance(event, h11.EndOfMessage), event
         self.ended.set()
 
@@ -497,6 +614,11 @@ async def test_the_swift_clients_requests_replayed_against_the_server(
             stream_wire, "streamAudio", {**client.auth, "Accept": "audio/wav"}
         )
         stream_headers = headers_of(head)
+        assert head.status_code == 200
+        first_start = StreamStart.of(head)
+        assert not first_start.resumed  # a live start, with the lead as padding
+        assert first_start.padding_bytes > 0
+        stream.response(first_start)
         nursery.start_soon(stream.run, stream_wire)
         await events.wait_for("session.created")
 
@@ -541,8 +663,11 @@ async def test_the_swift_clients_requests_replayed_against_the_server(
         if "close" in headers_of(response).get("connection", ""):
             assert client.idle is None, "Connection: close: the next upload opens a new one"
 
-        # trailing silence, still paced, until the reply has been spoken
+        # trailing silence, still paced, until the reply has been spoken; 300 ms into the
+        # reply the stream connection drops, and the client resumes it 200 ms later
         sequence = last + 1
+        resumed_start: StreamStart | None = None
+        away_ms = 0.0
         while not events.of("response.done"):
             assert sequence - last < 250, "no reply within 25 s"
             await trio.sleep_until(t0 + (sequence + 1) * CHUNK_MS / 1000)
@@ -550,6 +675,30 @@ async def test_the_swift_clients_requests_replayed_against_the_server(
             assert response.status_code == 204
             assert headers_of(response)["x-acked-sequence"] == str(sequence)
             sequence += 1
+            if resumed_start is None and stream.loud_ms() >= 300:
+                dropped_at = trio.current_time()
+                await stream_wire.stream.aclose()
+                from_ms = stream.received_ms  # AudioTimeline.receivedMs
+                assert from_ms is not None
+                await trio.sleep(0.2)  # the reply plays on while the client is away
+                stream_wire = await client.connection()  # the uploads' idle one, as URLSession
+                head = await client.start(
+                    stream_wire,
+                    "streamAudio",
+                    {**client.auth, "Accept": "audio/wav"},
+                    query={"from_ms": str(from_ms)},
+                )
+                assert head.status_code == 200
+                away_ms = (trio.current_time() - dropped_at) * 1000
+                assert client.targets[-1][1] == f"{client.urls['stream_audio']}?from_ms={from_ms}"
+                resumed_start = StreamStart.of(head)
+                assert resumed_start.resumed, "within stream_resume_ms: replayed"
+                assert resumed_start.padding_bytes == 0
+                # the frame holding from_ms: at most one 20 ms frame earlier
+                assert from_ms - 20 < resumed_start.position_ms <= from_ms
+                stream.response(resumed_start)
+                nursery.start_soon(stream.run, stream_wire)
+        assert resumed_start is not None, "the reply was too short to drop the stream in it"
         await trio.sleep(0.3)  # the reply's last frames reach the stream
 
         # the events connection drops; the client reconnects after `retry` with
@@ -587,6 +736,17 @@ async def test_the_swift_clients_requests_replayed_against_the_server(
         with trio.fail_after(5):
             await stream.ended.wait()
             await resumed.ended.wait()
+
+        # a stream reconnect after the session is gone: 404, final (no retry)
+        received_ms = stream.received_ms
+        assert received_ms is not None
+        response, data, _ = await client.call(
+            "streamAudio",
+            {**client.auth, "Accept": "audio/wav"},
+            query={"from_ms": str(received_ms)},
+        )
+        assert response.status_code == 404
+        assert json.loads(data)["error"]["code"] == "session_not_found"
     for wire in client.opened:
         await wire.stream.aclose()
 
@@ -599,6 +759,8 @@ async def test_the_swift_clients_requests_replayed_against_the_server(
     assert "content-encoding" not in stream_headers
     assert bytes(stream_wire.received).endswith(b"\r\n0\r\n\r\n"), "the terminating chunk"
     assert stream.rate == OUTPUT_RATE
+    # the resume: stitched with no gap (the reply checks below hear it once, whole)
+    assert stream.gaps == []
     # the events: SSE with retry and consecutive ids, the turn, the transcript, the reply
     assert events.retry_ms == 1000
     ids = [i for _, i, _ in events.got]
@@ -620,6 +782,10 @@ async def test_the_swift_clients_requests_replayed_against_the_server(
     a, b = int(loud[0]), int(loud[-1]) + 1
     assert a >= quiet_until
     assert np.abs(samples[a:b].astype(np.int32)).max() > 3000
-    assert abs(done["response"]["audio_ms"] - (b - a) * 1000 / OUTPUT_RATE) <= 60
+    # the reply heard once, whole, across the resume. `audio_ms` counts only what was paced
+    # out while a reader was attached: not the part played between the server noticing the
+    # drop and the resumed GET, which the client still got, replayed from the buffer.
+    heard_ms = (b - a) * 1000 / OUTPUT_RATE
+    assert abs(done["response"]["audio_ms"] + away_ms - heard_ms) <= 60, (heard_ms, away_ms)
     heard = await transcribe(server, samples[a:b], OUTPUT_RATE)
     assert wer(completed[0]["transcript"], heard) <= 0.2, heard

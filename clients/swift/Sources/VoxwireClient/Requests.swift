@@ -58,9 +58,16 @@ enum Requests {
         return request
     }
 
-    /// `GET stream_audio`: the endless chunked WAV of the assistant's voice.
-    static func streamAudio(_ endpoint: Endpoint) -> URLRequest {
-        var request = URLRequest(url: endpoint.url(endpoint.urls.streamAudio))
+    /// `GET stream_audio`: the endless chunked WAV of the assistant's voice. After a drop it
+    /// is resumed with `?from_ms=<the timeline position received>` (the headers stay the same).
+    static func streamAudio(_ endpoint: Endpoint, fromMs: Int?) -> URLRequest {
+        var url = endpoint.url(endpoint.urls.streamAudio)
+        if let fromMs, var components = URLComponents(url: url, resolvingAgainstBaseURL: true) {
+            let resume = [URLQueryItem(name: "from_ms", value: "\(fromMs)")]
+            components.queryItems = (components.queryItems ?? []) + resume
+            url = components.url ?? url
+        }
+        var request = URLRequest(url: url)
         request.httpMethod = "GET"
         request.setValue("Bearer \(endpoint.token)", forHTTPHeaderField: "Authorization")
         request.setValue("audio/wav", forHTTPHeaderField: "Accept")

@@ -43,19 +43,80 @@ public final class VoxwireSession: @unchecked Sendable {  // immutable after ini
 
     // MARK: voice and events down
 
-    /// The assistant's voice: one `GET stream_audio`, decoded into frames as bytes arrive.
+    /// The assistant's voice: `GET stream_audio`, decoded into frames as bytes arrive, and
+    /// resumed after a lost connection.
+    ///
+    /// The client tracks the stream's timeline position received (`X-Stream-Position-Ms` plus
+    /// the samples after the header and the lead padding). A network error (or a proxy's
+    /// 502/503/504) reconnects with exponential backoff and full jitter (0.25 s doubling to
+    /// 5 s, at most 8 failed attempts in a row) and `?from_ms=` that position: the server
+    /// replays from its buffer (3 s), the overlap already delivered is dropped, and the
+    /// frames continue with no gap or repeat. If the drop outlasted the buffer the server
+    /// answers `X-Stream-Resumed: false` and starts live: the next frame's
+    /// ``AudioFrame/gapBefore`` says what was lost.
     ///
     /// The stream ends when the session is closed (or another `audioStream()` takes over:
-    /// the server ends the older response). It is not reconnected automatically: a network
-    /// error ends it with that error, and calling `audioStream()` again resumes the live
-    /// audio. Cancelling the task that iterates it cancels the request.
+    /// the server ends the older response), and throws ``VoxwireError`` on any other HTTP
+    /// error (404: the session is gone) or the last network error once the attempts are
+    /// spent. Cancelling the task that iterates it cancels the request.
     public func audioStream() -> AsyncThrowingStream<AudioFrame, Error> {
         AsyncThrowingStream(bufferingPolicy: .bufferingNewest(250)) { continuation in
-            let receiver = AudioStreamReceiver(continuation)
-            let task = client.router.start(
-                Requests.streamAudio(endpoint), on: client.urlSession, receiver: receiver)
-            continuation.onTermination = { _ in task.cancel() }
+            let loop = Task { await self.runAudioStream(into: continuation) }
+            continuation.onTermination = { _ in loop.cancel() }
         }
+    }
+
+    private func runAudioStream(into continuation: AsyncThrowingStream<AudioFrame, Error>.Continuation) async {
+        var timeline = AudioTimeline()
+        var failures = 0
+        while !Task.isCancelled {
+            let request = Requests.streamAudio(endpoint, fromMs: timeline.receivedMs)
+            let holder = TaskHolder()
+            let outcome = await withTaskCancellationHandler {
+                await withCheckedContinuation { (done: CheckedContinuation<AudioStreamReceiver.Outcome, Never>) in
+                    let receiver = AudioStreamReceiver(
+                        timeline: timeline, continuation: continuation,
+                        done: { done.resume(returning: $0) })
+                    holder.set(client.router.start(request, on: client.urlSession, receiver: receiver))
+                }
+            } onCancel: {
+                holder.cancel()
+            }
+            timeline = outcome.timeline
+            if outcome.connected { failures = 0 }
+            if Task.isCancelled { break }
+            let error: Error
+            var retryAfter: TimeInterval?
+            switch outcome.end {
+            case .clean:
+                continuation.finish()  // the session was closed, or a takeover
+                return
+            case .failed(let failure):
+                continuation.finish(throwing: failure)
+                return
+            case .refused(let refusal):
+                guard AudioStreamReconnect.retryableStatuses.contains(refusal.status) else {
+                    continuation.finish(throwing: refusal)  // 404: the session is gone
+                    return
+                }
+                error = refusal
+                retryAfter = refusal.retryAfter
+            case .dropped(let failure):
+                guard AudioStreamReconnect.isTransient(failure) else {
+                    continuation.finish(throwing: failure)
+                    return
+                }
+                error = failure
+            }
+            failures += 1
+            guard failures <= AudioStreamReconnect.maxAttempts else {
+                continuation.finish(throwing: error)
+                return
+            }
+            let delay = max(AudioStreamReconnect.delay(attempt: failures), retryAfter ?? 0)
+            try? await Task.sleep(nanoseconds: UInt64(delay * 1_000_000_000))
+        }
+        continuation.finish()
     }
 
     /// The session's server events: one `GET events`, reconnected after network errors.

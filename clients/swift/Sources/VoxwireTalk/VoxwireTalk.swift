@@ -40,8 +40,12 @@
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await Self.printEvents(events, barge: audio) }
                 group.addTask { await Self.upload(audio.microphone, to: session) }
-                // The voice: until the session is closed (the server ends the stream).
+                // The voice: until the session is closed (the server ends the stream). A lost
+                // connection is resumed by the client; audio it could not get back is reported.
                 while let frame = try await voice.next() {
+                    if let gap = frame.gapBefore {
+                        print("          (network: \(gap.missingMs) ms of the reply lost)")
+                    }
                     audio.play(frame)
                 }
                 group.cancelAll()
