@@ -17,7 +17,6 @@ from voxwire_client._core import (
     REQUEST_TIMEOUT,
     AsyncPcmSource,
     AudioTimeline,
-    Backoff,
     Call,
     Event,
     EventCursor,
@@ -26,6 +25,7 @@ from voxwire_client._core import (
     PcmChunker,
     PcmLike,
     ReconnectPolicy,
+    Retry,
     SessionInfo,
     StreamStart,
     UploadWindow,
@@ -38,9 +38,6 @@ from voxwire_client._core import (
     chunk_bytes_for,
     create_call,
     error_from,
-    reason_of,
-    reconnected_event,
-    reconnecting_event,
     split_upload,
 )
 
@@ -169,6 +166,7 @@ class Session:
         rate = int(info.config.get("input_sample_rate", 16000))
         self._window = UploadWindow(int(self.reconnect.max_unacked_s * rate) * 2)
         self._upload_lock = trio.Lock()  # pieces go out one at a time, in order
+        self._acked = trio.Event()  # set (and replaced) whenever pieces are acknowledged
         self._carry = OddByteCarry()
         self._deleted = False
 
@@ -182,8 +180,8 @@ class Session:
         """Audio uploaded but not acknowledged by the server yet (held for resending)."""
         return self._window.pending_bytes
 
-    def _backoff(self) -> Backoff:
-        return Backoff(self.reconnect, self.rng)
+    def _retry(self, stream: str) -> Retry:
+        return Retry(stream, self.reconnect, self.rng, self.notifier)
 
     @property
     def id(self) -> str:
@@ -229,27 +227,32 @@ class Session:
 
     async def _send_piece(self, sequence: int, piece: bytes, rate: int | None) -> None:
         call = self.info.upload_call(sequence, piece, rate)
-        backoff = self._backoff()
+        retry = self._retry("upload")
         while True:
-            error: VoxwireError | None = None
+            # A body httpx can drop half-sent without leaving an async generator behind.
+            request = self.http.build_request(
+                call.method, call.url, headers={**call.headers, "Content-Length": str(len(piece))}
+            )
+            request.stream = _Body(piece)
             try:
-                response = await self.http.request(call.method, call.url, **call.kwargs())
+                response = await self.http.send(request)
                 check(call, response)
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, VoxwireError) as exc:
                 failure: Exception = exc
-            except VoxwireError as exc:
-                failure = error = exc
             else:
                 self._window.ack(acked_sequence(response.headers, sequence))
-                if backoff.failures:
-                    self.notifier.emit(reconnected_event("upload", backoff.failures))
+                self._acked.set()
+                self._acked = trio.Event()
+                retry.succeeded()
                 return
-            delay = backoff.next_delay(error)
-            if delay is None:
-                raise failure
-            self.notifier.emit(
-                reconnecting_event("upload", backoff.failures, delay, reason_of(failure))
-            )
+            try:
+                delay = retry.failed(failure)
+            except VoxwireError as exc:
+                # Refused, not lost: the server did not take it, so its number is free
+                # again (unless an earlier attempt is still running there).
+                if exc.code != "upload_in_progress":
+                    self._window.refused(sequence)
+                raise
             await trio.sleep(delay)
 
     async def stream_pcm(
@@ -273,14 +276,16 @@ class Session:
         Chunks are queued and sent by a helper task, so a lost connection does not hold the
         source back: while reconnecting, up to ``reconnect.max_unacked_s`` of audio is kept
         and then resent in order with the same sequence numbers. Returns once all of it is
-        acknowledged.
+        acknowledged. Without ``realtime`` the source is read as fast as that window
+        empties (the upload's own failures end it).
 
         Returns:
             The number of samples uploaded.
 
         Raises:
             VoxwireError: ``upload_backlog_full`` (status 0) when more than
-                ``max_unacked_s`` of audio waits for the server; any refusal of the server.
+                ``max_unacked_s`` of audio waits for the server (with ``realtime``); any
+                refusal of the server.
             httpx.TransportError: the server stayed unreachable.
         """
         src_rate = rate or int(self.config["input_sample_rate"])
@@ -299,6 +304,8 @@ class Session:
 
         async def queue(chunk: bytes) -> None:
             nonlocal sent
+            while not realtime and not self._window.fits(len(chunk)):
+                await self._acked.wait()  # as fast as the server takes it, no faster
             self._window.add(chunk, rate)
             with contextlib.suppress(trio.WouldBlock):  # a kick is pending already
                 kick_send.send_nowait(None)
@@ -306,15 +313,23 @@ class Session:
             if realtime:
                 await trio.sleep_until(t0 + sent / src_rate)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sender)
-            async with kick_send, contextlib.aclosing(_pieces(source)) as pieces:
-                async for data in pieces:
-                    for chunk in chunker.feed(as_pcm16(data)):
-                        await queue(chunk)
-                tail = chunker.flush()
-                if tail:
-                    await queue(tail)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender)
+                async with kick_send, contextlib.aclosing(_pieces(source)) as pieces:
+                    async for data in pieces:
+                        for chunk in chunker.feed(as_pcm16(data)):
+                            await queue(chunk)
+                    tail = chunker.flush()
+                    if tail:
+                        await queue(tail)
+        except ExceptionGroup as group:
+            # One failure (the sender's, or a full window): raise it as documented, not
+            # wrapped in the nursery's group.
+            if len(group.exceptions) == 1:
+                (failure,) = group.exceptions
+                raise failure from failure.__cause__
+            raise
         return sent
 
     # -- client events -------------------------------------------------------------------
@@ -499,24 +514,15 @@ async def _reconnect_loop(
             session is gone), or the last one when the policy gives up.
         httpx.TransportError: the last failure when the policy gives up.
     """
-    backoff = session._backoff()
-    error: VoxwireError | None = None
+    retry = session._retry(stream)
     while True:
-        delay = backoff.next_delay(error)
-        if delay is None:
-            raise failure
-        session.notifier.emit(
-            reconnecting_event(stream, backoff.failures, delay, reason_of(failure))
-        )
-        await trio.sleep(delay)
+        await trio.sleep(retry.failed(failure))
         try:
             details = await connect()
-        except httpx.TransportError as exc:
-            failure, error = exc, None
-        except VoxwireError as exc:
-            failure = error = exc
+        except (httpx.TransportError, VoxwireError) as exc:
+            failure = exc
         else:
-            session.notifier.emit(reconnected_event(stream, backoff.failures, **details))
+            retry.succeeded(**details)
             return
 
 
@@ -631,6 +637,26 @@ class AudioStream:
             self._pieces = self.timeline.feed(self._reader.feed(data))
         self.last_position, data = self._pieces.pop(0)
         self.bytes_received += len(data)
+        return data
+
+
+class _Body(httpx.AsyncByteStream):
+    """An upload's bytes as a request stream that is not an async generator.
+
+    httpx's own body for ``content=bytes`` is one; when a connection is lost mid-upload
+    it is left unfinished and later collected with a ``ResourceWarning`` under trio.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._data is None:
+            raise StopAsyncIteration
+        data, self._data = self._data, None
         return data
 
 

@@ -1,7 +1,7 @@
 """The sans-IO core shared by the async and the sync client.
 
 Everything here is plain data and pure functions: request descriptions, response and error
-parsing, the upload retry policy, PCM alignment and chunking, the streamed WAV header, the
+parsing, PCM alignment and chunking, the streamed WAV header, the
 SSE cursor, and the reconnect logic (backoff with full jitter, the window of un-acknowledged
 upload pieces, the audio stream's timeline across resumed responses). The two I/O shells
 (``_async`` on trio + ``httpx.AsyncClient``, ``_sync`` on
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,10 +41,8 @@ DEFAULT_RATE = 16000
 WAV_HEADER_BYTES = 44
 #: Below the server's ``max_sequenced_upload_bytes`` (1 MiB): bigger uploads are split.
 MAX_UPLOAD_PIECE_BYTES = 512 * 1024
-MAX_UPLOAD_RETRIES = 5
 #: A ``Retry-After`` longer than this is not waited out (the error is raised instead).
 MAX_RETRY_AFTER_S = 10.0
-MAX_EVENT_RECONNECTS = 3
 #: Client-side notices that wait for the event iterator (the oldest are dropped beyond).
 MAX_QUEUED_NOTICES = 256
 
@@ -232,27 +231,6 @@ def check(call: Call, response: httpx.Response) -> Any:
     return response.json() if response.content else None
 
 
-def upload_retry_delay(error: VoxwireError | None, attempt: int) -> float | None:
-    """Seconds to wait before retrying a sequenced upload, or ``None`` to give up.
-
-    Args:
-        error: The server's refusal, or ``None`` for a transport failure (the request or
-            its answer was lost: a retry with the same ``X-Sequence`` is a no-op if it
-            had arrived).
-        attempt: How many retries were already made.
-    """
-    if attempt >= MAX_UPLOAD_RETRIES:
-        return None
-    if error is None:
-        return 0.25 * 2.0**attempt
-    if error.status in (429, 503) and error.retry_after is not None:
-        return error.retry_after if error.retry_after <= MAX_RETRY_AFTER_S else None
-    if error.status == 409 and error.code == "upload_in_progress":
-        # An earlier attempt of ours is still running on the server (we gave up on it).
-        return 0.5
-    return None
-
-
 # -- audio -------------------------------------------------------------------------------
 
 
@@ -395,7 +373,6 @@ class EventCursor:
     def __init__(self) -> None:
         self.last_event_id: int | None = None
         self.retry_s = 1.0
-        self.failures = 0
         #: Events dropped because their id was not after :attr:`last_event_id`.
         self.duplicates = 0
 
@@ -416,20 +393,12 @@ class EventCursor:
                 event_id = int(sse.id)
             except ValueError:
                 event_id = None
-        self.failures = 0
         if event_id is not None:
             if self.last_event_id is not None and event_id <= self.last_event_id:
                 self.duplicates += 1  # replayed after a reconnect: seen already
                 return None
             self.last_event_id = event_id
         return Event(data["type"], data, event_id)
-
-    def reconnect_delay(self) -> float | None:
-        """Seconds to wait before reconnecting after a transport error, or ``None``."""
-        if self.failures >= MAX_EVENT_RECONNECTS:
-            return None
-        self.failures += 1
-        return self.retry_s
 
 
 # -- reconnecting ------------------------------------------------------------------------
@@ -557,15 +526,57 @@ class Notifier:
         self.queue: deque[Event] = deque(maxlen=MAX_QUEUED_NOTICES)
         #: How many notices of each type were emitted (never trimmed).
         self.counts: dict[str, int] = {}
+        # The sync client's streams run in threads of their own.
+        self._lock = threading.Lock()
 
     def emit(self, event: Event) -> None:
-        self.counts[event.type] = self.counts.get(event.type, 0) + 1
-        self.queue.append(event)
+        with self._lock:
+            self.counts[event.type] = self.counts.get(event.type, 0) + 1
+            self.queue.append(event)
         if self.callback is not None:
             self.callback(event)
 
     def take(self) -> Event | None:
-        return self.queue.popleft() if self.queue else None
+        with self._lock:
+            return self.queue.popleft() if self.queue else None
+
+
+class Retry:
+    """One run of attempts of a stream or an upload: the delays and the notices.
+
+    The I/O shells call :meth:`failed` after each failed attempt (sleeping for what it
+    returns, or letting the error it raises go up) and :meth:`succeeded` after the one
+    that worked.
+    """
+
+    def __init__(
+        self, stream: str, policy: ReconnectPolicy, rng: random.Random, notifier: Notifier
+    ) -> None:
+        self.stream = stream
+        self.backoff = Backoff(policy, rng)
+        self.notifier = notifier
+
+    def failed(self, failure: Exception) -> float:
+        """Seconds to wait before the next attempt (after a ``client.reconnecting``).
+
+        Raises:
+            Exception: ``failure`` itself, when it will not go away (a refusal such as 404
+                ``session_not_found``) or the policy gives up.
+        """
+        error = failure if isinstance(failure, VoxwireError) else None
+        delay = self.backoff.next_delay(error)
+        if delay is None:
+            raise failure
+        self.notifier.emit(
+            reconnecting_event(self.stream, self.backoff.failures, delay, reason_of(failure))
+        )
+        return delay
+
+    def succeeded(self, **details: Any) -> None:
+        """The attempt worked: ``client.reconnected`` if it was not the first."""
+        if self.backoff.failures:
+            self.notifier.emit(reconnected_event(self.stream, self.backoff.failures, **details))
+        self.backoff.succeeded()
 
 
 class UploadWindow:
@@ -602,6 +613,10 @@ class UploadWindow:
         self.next_sequence += 1
         return sequence
 
+    def fits(self, size: int) -> bool:
+        """Whether :meth:`add` would take ``size`` more bytes now."""
+        return not self._pieces or self.pending_bytes + size <= self.max_bytes
+
     def oldest(self) -> tuple[int, bytes, int | None] | None:
         return self._pieces[0] if self._pieces else None
 
@@ -609,6 +624,19 @@ class UploadWindow:
         """Forget every piece up to ``acked_sequence`` (the server holds them)."""
         while self._pieces and self._pieces[0][0] <= acked_sequence:
             self.pending_bytes -= len(self._pieces.popleft()[1])
+
+    def refused(self, sequence: int) -> int:
+        """The server refused piece ``sequence`` (a 4xx: it did not take it).
+
+        That piece and any queued after it are dropped and their numbers given out again
+        (the server holds nothing from ``sequence`` on); returns the bytes dropped.
+        """
+        dropped = 0
+        while self._pieces and self._pieces[-1][0] >= sequence:
+            dropped += len(self._pieces.pop()[1])
+        self.pending_bytes -= dropped
+        self.next_sequence = min(self.next_sequence, sequence)
+        return dropped
 
     def __len__(self) -> int:
         return len(self._pieces)

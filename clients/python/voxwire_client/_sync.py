@@ -1,9 +1,14 @@
-"""The blocking client: ``httpx.Client`` and ``httpx-sse``, same surface as the async one."""
+"""The blocking client: ``httpx.Client`` and ``httpx-sse``, same surface as the async one.
+
+Uploads and both streams reconnect like the async client's (the same core: the
+:class:`ReconnectPolicy`, the upload window, the event cursor, the audio timeline), with
+``time.sleep`` between attempts.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import random
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Self
@@ -16,27 +21,34 @@ from voxwire_client._core import (
     AUDIO_TIMEOUT,
     EVENTS_TIMEOUT,
     REQUEST_TIMEOUT,
+    AudioTimeline,
     Call,
     Event,
     EventCursor,
+    Notifier,
     OddByteCarry,
     PcmChunker,
     PcmLike,
     PcmSource,
+    ReconnectPolicy,
+    Retry,
     SessionInfo,
+    StreamStart,
+    UploadWindow,
     VoxwireError,
     WavStreamReader,
+    acked_sequence,
     as_pcm16,
+    audio_gap_event,
     check,
     chunk_bytes_for,
     create_call,
     error_from,
     split_upload,
-    upload_retry_delay,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from types import TracebackType
 
     from httpx_sse import ServerSentEvent
@@ -45,7 +57,9 @@ if TYPE_CHECKING:
 class Client:
     """A blocking connection to a voxwire server (see :class:`VoxwireClient`).
 
-    Use as ``with Client(url) as client:``.
+    Use as ``with Client(url) as client:``. ``reconnect``, ``on_notice`` and ``rng`` are
+    those of :class:`VoxwireClient`; ``on_notice`` is called from the thread that
+    reconnects.
     """
 
     def __init__(
@@ -54,11 +68,17 @@ class Client:
         *,
         api_key: str | None = None,
         http: httpx.Client | None = None,
+        reconnect: ReconnectPolicy | None = None,
+        on_notice: Callable[[Event], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self._owns_http = http is None
         self.http = http if http is not None else httpx.Client(timeout=REQUEST_TIMEOUT)
+        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
+        self.on_notice = on_notice
+        self.rng = rng if rng is not None else random.Random()
 
     def __enter__(self) -> Self:
         return self
@@ -79,7 +99,13 @@ class Client:
         """``POST /api/sessions``; the caller must :meth:`SyncSession.delete` it."""
         call = create_call(self.base_url, config, self.api_key)
         body = _request(self.http, call)
-        return SyncSession(self.http, SessionInfo.from_created(self.base_url, body))
+        return SyncSession(
+            self.http,
+            SessionInfo.from_created(self.base_url, body),
+            reconnect=self.reconnect,
+            on_notice=self.on_notice,
+            rng=self.rng,
+        )
 
     @contextlib.contextmanager
     def session(self, **config: Any) -> Iterator[SyncSession]:
@@ -102,13 +128,38 @@ def _request(http: httpx.Client, call: Call) -> Any:
 class SyncSession:
     """One voice session (blocking). See :class:`Session` for the methods."""
 
-    def __init__(self, http: httpx.Client, info: SessionInfo) -> None:
+    def __init__(
+        self,
+        http: httpx.Client,
+        info: SessionInfo,
+        *,
+        reconnect: ReconnectPolicy | None = None,
+        on_notice: Callable[[Event], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.http = http
         self.info = info
-        self.next_sequence = 0
+        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
+        self.notifier = Notifier(on_notice)
+        self.rng = rng if rng is not None else random.Random()
+        rate = int(info.config.get("input_sample_rate", 16000))
+        self._window = UploadWindow(int(self.reconnect.max_unacked_s * rate) * 2)
         self._upload_lock = threading.Lock()
         self._carry = OddByteCarry()
         self._deleted = False
+
+    @property
+    def next_sequence(self) -> int:
+        """The ``X-Sequence`` the next upload piece gets."""
+        return self._window.next_sequence
+
+    @property
+    def unacked_bytes(self) -> int:
+        """Audio uploaded but not acknowledged by the server yet (held for resending)."""
+        return self._window.pending_bytes
+
+    def _retry(self, stream: str) -> Retry:
+        return Retry(stream, self.reconnect, self.rng, self.notifier)
 
     @property
     def id(self) -> str:
@@ -123,23 +174,37 @@ class SyncSession:
         return self.info.config
 
     def upload(self, pcm: PcmLike, *, rate: int | None = None) -> None:
-        """Append PCM16 audio as one sequenced POST, retried like :meth:`Session.upload`."""
+        """Append PCM16 audio as sequenced POSTs, retried like :meth:`Session.upload`.
+
+        Pieces a failed call left unacknowledged are resent (same numbers) first.
+        """
         with self._upload_lock:
             for piece in split_upload(self._carry.align(as_pcm16(pcm))):
-                self._upload_piece(piece, rate)
+                self._window.add(piece, rate)
+                while (item := self._window.oldest()) is not None:
+                    self._send_piece(*item)
 
-    def _upload_piece(self, piece: bytes, rate: int | None) -> None:
-        call = self.info.upload_call(self.next_sequence, piece, rate)
-        for attempt in itertools.count():
+    def _send_piece(self, sequence: int, piece: bytes, rate: int | None) -> None:
+        call = self.info.upload_call(sequence, piece, rate)
+        retry = self._retry("upload")
+        while True:
             try:
-                _request(self.http, call)
+                response = self.http.request(call.method, call.url, **call.kwargs())
+                check(call, response)
             except (httpx.TransportError, VoxwireError) as exc:
-                delay = upload_retry_delay(exc if isinstance(exc, VoxwireError) else None, attempt)
-                if delay is None:
-                    raise
+                failure: Exception = exc
             else:
-                self.next_sequence += 1
+                self._window.ack(acked_sequence(response.headers, sequence))
+                retry.succeeded()
                 return
+            try:
+                delay = retry.failed(failure)
+            except VoxwireError as exc:
+                # Refused, not lost: the server did not take it, so its number is free
+                # again (unless an earlier attempt is still running there).
+                if exc.code != "upload_in_progress":
+                    self._window.refused(sequence)
+                raise
             time.sleep(delay)
 
     def stream_pcm(
@@ -226,12 +291,31 @@ class SyncSession:
         self._deleted = True
 
     def events(self, *, last_event_id: int | None = None) -> SyncEventStream:
-        """``with s.events() as events: for e in events``."""
-        return SyncEventStream(self.http, self.info, last_event_id)
+        """``with s.events() as events: for e in events`` (client notices included)."""
+        return SyncEventStream(self, last_event_id)
 
     def audio(self) -> SyncAudioStream:
         """``with s.audio() as audio: for pcm in audio``."""
-        return SyncAudioStream(self.http, self.info)
+        return SyncAudioStream(self)
+
+
+def _reconnect_loop(
+    session: SyncSession,
+    stream: str,
+    failure: Exception,
+    connect: Callable[[], dict[str, Any]],
+) -> None:
+    """Call ``connect`` until it succeeds, backing off (see the async ``_reconnect_loop``)."""
+    retry = session._retry(stream)
+    while True:
+        time.sleep(retry.failed(failure))
+        try:
+            details = connect()
+        except (httpx.TransportError, VoxwireError) as exc:
+            failure = exc
+        else:
+            retry.succeeded(**details)
+            return
 
 
 def _raise_for_stream(response: httpx.Response) -> None:
@@ -241,11 +325,11 @@ def _raise_for_stream(response: httpx.Response) -> None:
 
 
 class SyncEventStream:
-    """Blocking :class:`EventStream`."""
+    """Blocking :class:`EventStream`: reconnects with ``Last-Event-ID``, drops repeats,
+    yields the session's client notices."""
 
-    def __init__(self, http: httpx.Client, info: SessionInfo, last_event_id: int | None) -> None:
-        self._http = http
-        self._info = info
+    def __init__(self, session: SyncSession, last_event_id: int | None) -> None:
+        self._session = session
         self.cursor = EventCursor()
         self.cursor.last_event_id = last_event_id
         self._stack: contextlib.ExitStack | None = None
@@ -263,15 +347,17 @@ class SyncEventStream:
     ) -> None:
         self._disconnect()
 
-    def _connect(self) -> None:
-        url, headers = self._info.events_request(self.cursor.last_event_id)
+    def _connect(self) -> dict[str, Any]:
+        s = self._session
+        url, headers = s.info.events_request(self.cursor.last_event_id)
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(
-                connect_sse(self._http, "GET", url, headers=headers, timeout=EVENTS_TIMEOUT)
+                connect_sse(s.http, "GET", url, headers=headers, timeout=EVENTS_TIMEOUT)
             )
             _raise_for_stream(source.response)
             self._sse = source.iter_sse()
             self._stack = stack.pop_all()
+        return {"last_event_id": self.cursor.last_event_id}
 
     def _disconnect(self) -> None:
         stack, self._stack, self._sse = self._stack, None, None
@@ -282,18 +368,21 @@ class SyncEventStream:
         return self
 
     def __next__(self) -> Event:
+        notifier = self._session.notifier
         while True:
+            notice = notifier.take()
+            if notice is not None:
+                return notice
             if self._sse is None:
                 raise StopIteration
             try:
                 sse = next(self._sse)
-            except httpx.TransportError:
-                delay = self.cursor.reconnect_delay()
-                if delay is None:
-                    raise
+            except StopIteration:
+                self._disconnect()  # a clean end: the session was deleted, or shutdown
+                continue
+            except httpx.TransportError as exc:
                 self._disconnect()
-                time.sleep(delay)
-                self._connect()
+                _reconnect_loop(self._session, "events", exc, self._connect)
                 continue
             event = self.cursor.observe(sse)
             if event is not None:
@@ -301,16 +390,20 @@ class SyncEventStream:
 
 
 class SyncAudioStream:
-    """Blocking :class:`AudioStream`."""
+    """Blocking :class:`AudioStream`: reconnects with ``?from_ms=``, same attributes."""
 
-    def __init__(self, http: httpx.Client, info: SessionInfo) -> None:
-        self._http = http
-        self._info = info
+    def __init__(self, session: SyncSession) -> None:
+        self._session = session
         self._reader = WavStreamReader()
+        self.timeline = AudioTimeline()
         self._stack: contextlib.ExitStack | None = None
         self._chunks: Iterator[bytes] | None = None
-        self._first = b""
+        self._pieces: list[tuple[int | None, bytes]] = []
         self.bytes_received = 0
+        self.last_position: int | None = None
+        #: ``stream_audio`` responses opened (1 + reconnects).
+        self.connections = 0
+        self._gap: tuple[int, int] | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -318,22 +411,48 @@ class SyncAudioStream:
             raise RuntimeError("the stream is not open")
         return self._reader.sample_rate
 
+    @property
+    def gaps(self) -> list[tuple[int, int]]:
+        """Spans ``(from_ms, to_ms)`` of the stream lost to reconnects."""
+        return self.timeline.gaps
+
     def __enter__(self) -> Self:
-        url, headers = self._info.stream_audio_request()
+        self._connect()
+        return self
+
+    def _connect(self) -> dict[str, Any]:
+        s = self._session
+        url, headers = s.info.stream_audio_request()
+        from_ms = self.timeline.resume_from_ms()
+        params = {} if from_ms is None else {"from_ms": str(from_ms)}
+        reader = WavStreamReader()
         with contextlib.ExitStack() as stack:
             response = stack.enter_context(
-                self._http.stream("GET", url, headers=headers, timeout=AUDIO_TIMEOUT)
+                s.http.stream("GET", url, headers=headers, params=params, timeout=AUDIO_TIMEOUT)
             )
             _raise_for_stream(response)
             chunks = response.iter_bytes()
-            while not self._reader.ready:
+            first = b""
+            while not reader.ready:
                 data = next(chunks, None)
                 if data is None:
                     raise VoxwireError(0, "invalid_stream", "stream_audio ended early")
-                self._first = self._reader.feed(data)
+                first = reader.feed(data)
+            assert reader.sample_rate is not None
+            start = StreamStart.from_headers(response.headers)
+            gap = self.timeline.start(start, reader.sample_rate)
+            self._reader = reader
+            self._pieces = self.timeline.feed(first)
             self._chunks = chunks
             self._stack = stack.pop_all()
-        return self
+        self.connections += 1
+        self._gap = gap
+        return {"from_ms": from_ms, "resumed": start.resumed}
+
+    def _disconnect(self) -> None:
+        stack, self._stack, self._chunks = self._stack, None, None
+        if stack is not None:
+            stack.close()
 
     def __exit__(
         self,
@@ -341,21 +460,27 @@ class SyncAudioStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack, self._stack, self._chunks = self._stack, None, None
-        if stack is not None:
-            stack.close()
+        self._disconnect()
 
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> bytes:
-        if self._first:
-            data, self._first = self._first, b""
-        else:
-            data = b""
-        while not data:
+        while not self._pieces:
             if self._chunks is None:
                 raise StopIteration
-            data = self._reader.feed(next(self._chunks))
+            try:
+                data = next(self._chunks)
+            except StopIteration:
+                self._disconnect()  # a clean end: takeover, stop_stream, deleted
+                continue
+            except httpx.TransportError as exc:
+                self._disconnect()
+                _reconnect_loop(self._session, "audio", exc, self._connect)
+                if self._gap is not None:
+                    self._session.notifier.emit(audio_gap_event(*self._gap))
+                continue
+            self._pieces = self.timeline.feed(self._reader.feed(data))
+        self.last_position, data = self._pieces.pop(0)
         self.bytes_received += len(data)
         return data
