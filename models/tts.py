@@ -34,6 +34,9 @@ class PiperTts:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Every sentence has another input length: onnxruntime's arena would keep growing
+        # and fragmenting with the shapes (RSS creep in bench/soak.py); plain malloc frees.
+        options.enable_cpu_mem_arena = False
         # PiperVoice.load uses onnxruntime's default of one thread per core; sessions share
         # the CPU with Whisper and Silero, so the thread count is fixed here.
         voice.session = ort.InferenceSession(
