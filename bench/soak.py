@@ -23,8 +23,9 @@ least squares over the samples after the warm-up) of the sampled RSS and of its 
 interval's minimum: transient decode buffers lift the peaks, a leak lifts the floor), in
 total and per session, the same for fds, threads and tasks, idle figures before and after,
 end of speech → first reply audio, chunk gaps, errors by class and event-id violations. The
-exit code is 1 when either RSS slope is over ``--max-rss-slope-mb-h`` or fds or tasks grow
-(see ``verdict``).
+exit code is 1 when an RSS slope is over ``--max-rss-slope-mb-h`` by more than its noise, or
+fds or tasks grow (see ``verdict``); 2 when neither RSS slope is under the limit by more than
+its noise (the run was too short or too noisy to tell).
 
     .venv/bin/python bench/soak.py                                   # 2 sessions, 1 h
     .venv/bin/python bench/soak.py --duration-s 180 --sample-s 10    # quick check
@@ -613,8 +614,23 @@ SERIES = {
 }
 
 
+def rss_inconclusive(r: dict, args: argparse.Namespace) -> str | None:
+    """Why the RSS slopes prove nothing either way (None: one is within the limit by more
+    than its noise, or ``verdict`` failed them)."""
+    s = r["series"]
+    bounds = [s[k]["slope_per_h"] + 2 * s[k]["slope_se"] for k in ("rss_mb", "rss_min_mb")]
+    if any(b <= args.max_rss_slope_mb_h for b in bounds):
+        return None
+    noise = min(2 * s[k]["slope_se"] for k in ("rss_mb", "rss_min_mb"))
+    return (
+        f"RSS slopes are within their noise (±{noise:.0f} MB/h at best) but the noise is over "
+        f"the {args.max_rss_slope_mb_h:g} MB/h limit: run longer"
+    )
+
+
 def verdict(r: dict, args: argparse.Namespace, alive: bool) -> list[str]:
-    """Why the soak failed (empty: it passed)."""
+    """Why the soak failed (empty: it passed). RSS fails only when a slope is over the limit
+    by more than its noise (2 standard errors): growth beyond noise."""
     why = []
     if not alive:
         why.append("the server died")
@@ -622,9 +638,10 @@ def verdict(r: dict, args: argparse.Namespace, alive: bool) -> list[str]:
     if r["samples_kept"] < 3:
         why.append(f"only {r['samples_kept']} samples after the warm-up")
     for key in ("rss_mb", "rss_min_mb"):
-        if s[key]["slope_per_h"] > args.max_rss_slope_mb_h:
+        slope, se = s[key]["slope_per_h"], s[key]["slope_se"]
+        if slope - 2 * se > args.max_rss_slope_mb_h:
             why.append(
-                f"{SERIES[key]} slope {s[key]['slope_per_h']:+.1f} MB/h > "
+                f"{SERIES[key]} slope {slope:+.1f} ± {2 * se:.1f} MB/h > "
                 f"{args.max_rss_slope_mb_h:g}"
             )
     for key, limit in (("fds", args.max_fd_growth), ("tasks", args.max_task_growth)):
@@ -643,7 +660,9 @@ def verdict(r: dict, args: argparse.Namespace, alive: bool) -> list[str]:
     return why
 
 
-def show(r: dict, sampler: Sampler, args: argparse.Namespace, fails: list[str]) -> None:
+def show(
+    r: dict, sampler: Sampler, args: argparse.Namespace, fails: list[str], unsure: str | None
+) -> None:
     s = r["series"]
     rows = sampler.samples
     step = max(1, math.ceil(len(rows) / args.table_rows))
@@ -723,7 +742,10 @@ def show(r: dict, sampler: Sampler, args: argparse.Namespace, fails: list[str]) 
         f"processes {r['other_cpu']:.0f}% (max {r['other_cpu_max']:.0f}% in a sample); client "
         f"loop lag p99 {r['lag_p99_ms']:.1f} ms (worst sample)"
     )
-    print("  PASS" if not fails else "  FAIL: " + "; ".join(fails))
+    if fails:
+        print("  FAIL: " + "; ".join(fails))
+    else:
+        print(f"  INCONCLUSIVE: {unsure}" if unsure else "  PASS")
 
 
 # -- main -------------------------------------------------------------------------------
@@ -825,7 +847,8 @@ async def main(args: argparse.Namespace) -> int:
     r = summarise(soak, sampler, (before, after), wall)
     r["log"] = dict(target.log_problems([0]))
     fails = verdict(r, args, alive)
-    show(r, sampler, args, fails)
+    unsure = None if fails else rss_inconclusive(r, args)
+    show(r, sampler, args, fails, unsure)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -834,7 +857,7 @@ async def main(args: argparse.Namespace) -> int:
                 default=str,
             )
         )
-    return 1 if fails else 0
+    return 1 if fails else (2 if unsure else 0)
 
 
 if __name__ == "__main__":
