@@ -6,14 +6,13 @@ Every flag has an environment variable twin (``VOXWIRE_<NAME>``); flags win.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import sys
 from functools import partial
 
 import trio
 
-from app import ServerConfig, create_app, serve
+from app import ServerConfig, create_app, limit_malloc_arenas, serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,27 +38,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each thread that allocates its own arena (up to 8 per core), and the
-    model threads' short-lived buffers fragment them. With two arenas (and Piper's
-    onnxruntime arena off) the soak's RSS ran ~80-170 MB lower (bench/README.md). No-op
-    off glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_arena_max = -8
-    libc.mallopt(m_arena_max, arenas)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    limit_malloc_arenas()
     try:
         config = ServerConfig.from_env(**vars(args))
     except (ValueError, TypeError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if config.malloc_arenas > 0:
+        limit_malloc_arenas(config.malloc_arenas)  # before any thread starts
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 from quart import Response, has_request_context, request
@@ -14,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from app._config import ServerConfig, SessionConfig, validate_session_config
 from app._cors import CorsPolicy
 from app._errors import ApiError, VoiceServiceError
+from app._memory import limit_malloc_arenas, trim_periodically
 from app._metrics import Metrics
 from app._models import ModelHub
 from app._registry import SessionRegistry
@@ -29,6 +31,7 @@ __all__ = [
     "SessionRegistry",
     "VoiceServiceError",
     "create_app",
+    "limit_malloc_arenas",
     "serve",
     "validate_session_config",
 ]
@@ -101,6 +104,13 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
         await app.nursery.start(hub.load)
         await app.nursery.start(responders.run)
         await app.nursery.start(registry.run)
+        await app.nursery.start(
+            partial(
+                trim_periodically,
+                config.malloc_trim_interval_s,
+                on_trim=lambda released: metrics.malloc_trims.labels(str(released).lower()).inc(),
+            )
+        )
 
     @app.after_serving
     async def stop_registry() -> None:

@@ -106,6 +106,10 @@ class ServerConfig:
     # answer 503: a load balancer's health check sees the instance leave before its
     # port closes (open streams end at once). 0 closes the port right away.
     shutdown_notice_s: float = 0.0
+    # native memory (glibc; app/_memory.py): malloc arenas (0 = glibc's default of eight
+    # per core) and how often freed heap pages go back to the OS (0 = never)
+    malloc_arenas: int = 2
+    malloc_trim_interval_s: float = 10.0
 
     def model_paths(self) -> ModelPaths:
         return ModelPaths(

@@ -25,6 +25,12 @@ class Metrics:
         self.sessions_failed = Counter(
             "voxwire_sessions_failed", "Sessions ended by an unexpected error (a bug)", registry=r
         )
+        self.malloc_trims = Counter(
+            "voxwire_malloc_trims",
+            "Periodic malloc_trim calls, by whether they returned memory to the OS",
+            ["released"],
+            registry=r,
+        )
         self.sessions_rejected = Counter(
             "voxwire_sessions_rejected", "Session creations refused (cap or draining)", registry=r
         )
