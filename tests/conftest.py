@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -95,3 +96,32 @@ async def eventually(predicate: Callable[[], bool], interval: float = 0.05) -> N
     """Poll server-side state the test cannot wait on directly (the caller bounds it)."""
     while not predicate():  # noqa: ASYNC110 - no event exists for this state
         await trio.sleep(interval)
+
+
+def free_port() -> int:
+    """A loopback port free now (for servers started in another process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def never_reading_stream(url: str, s: SessionHandle) -> socket.socket:
+    """A raw client that requests stream_audio with a tiny receive window, then never reads.
+
+    The caller closes the socket.
+    """
+    host, port = url.rsplit("/", 1)[1].split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        sock.connect((host, int(port)))
+    except BlockingIOError:
+        pass
+    await trio.lowlevel.wait_writable(sock)
+    head = (
+        f"GET {s.urls['stream_audio']} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {s.token}\r\n\r\n"
+    )
+    sock.send(head.encode())
+    return sock

@@ -7,11 +7,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -19,7 +20,11 @@ import pytest
 import soundfile as sf
 import trio
 
-from tests.conftest import create_session, tone
+from deploy.cluster import wait_healthy
+from tests.conftest import create_session, free_port, never_reading_stream, tone
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
@@ -104,11 +109,23 @@ async def test_curl_wrong_type_gets_415_json(client: httpx.AsyncClient) -> None:
     assert b'"unsupported_media_type"' in body
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+@asynccontextmanager
+async def run_py(ready_path: str, **env: str) -> AsyncIterator[tuple[trio.Process, str]]:
+    """``run.py`` as a subprocess with ``VOXWIRE_*`` settings, once ``ready_path`` answers
+    200; killed on the way out if it is still running."""
+    port = free_port()
+    environ = os.environ | {"VOXWIRE_PORT": str(port)} | env
+    cmd = [sys.executable, "run.py", "--host", "127.0.0.1"]
+    proc = await trio.lowlevel.open_process(cmd, cwd=ROOT, env=environ, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with trio.fail_after(20):
+            await wait_healthy(url + ready_path)
+        yield proc, url
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 def test_run_py_help_documents_flags() -> None:
@@ -119,68 +136,50 @@ def test_run_py_help_documents_flags() -> None:
         assert flag in out
 
 
-async def test_sigterm_drains_streams_and_exits(tmp_path: Path) -> None:
+async def test_sigterm_drains_streams_and_exits() -> None:
     """SIGTERM: open streams end with their final chunk; for the notice period the port
     stays open and creation, /readyz and new streams answer 503; then the process exits
     within notice + graceful deadline."""
-    port = _free_port()
     notice_s, graceful_s = 1.5, 3.0
-    env = os.environ | {
-        "VOXWIRE_PORT": str(port),
-        "VOXWIRE_GRACEFUL_TIMEOUT_S": str(graceful_s),
-        "VOXWIRE_SHUTDOWN_NOTICE_S": str(notice_s),
-    }
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "run.py", "--host", "127.0.0.1"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            with trio.fail_after(20):
-                while True:
-                    try:
-                        if (await client.get("/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        await trio.sleep(0.1)
-            s = await create_session(client, responder="loopback")
-            with trio.fail_after(10):
-                async with (
-                    client.stream("GET", s.urls["stream_audio"], headers=s.auth) as r,
-                    client.stream("GET", s.urls["events"], headers=s.auth) as ev,
-                ):
-                    it = r.aiter_raw()
-                    await it.__anext__()
-                    events_it = ev.aiter_raw()
-                    await events_it.__anext__()
-                    proc.send_signal(signal.SIGTERM)
-                    signalled = trio.current_time()
-                    # Both end cleanly (final chunk: no error raised) and promptly.
-                    rest = [c async for c in it]
-                    assert sum(len(c) for c in rest) < 20_000
-                    _ = [c async for c in events_it]
-            # The notice period: still listening, refusing what would start new work.
-            assert trio.current_time() - signalled < notice_s
-            fresh = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5)
-            async with fresh:
-                created = await fresh.post("/api/sessions", json={"responder": "loopback"})
-                assert created.status_code == 503, created.text
-                assert created.headers["retry-after"]
-                ready = await fresh.get("/readyz")
-                assert ready.status_code == 503
-                assert ready.json()["error"]["code"] == "draining"
-                again = await fresh.get(s.urls["stream_audio"], headers=s.auth)
-                assert again.status_code == 503
-                assert again.json()["error"]["code"] == "draining"
+    async with (
+        run_py(
+            "/readyz",
+            VOXWIRE_GRACEFUL_TIMEOUT_S=str(graceful_s),
+            VOXWIRE_SHUTDOWN_NOTICE_S=str(notice_s),
+        ) as (proc, url),
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        s = await create_session(client, responder="loopback")
+        with trio.fail_after(10):
+            async with (
+                client.stream("GET", s.urls["stream_audio"], headers=s.auth) as r,
+                client.stream("GET", s.urls["events"], headers=s.auth) as ev,
+            ):
+                it = r.aiter_raw()
+                await it.__anext__()
+                events_it = ev.aiter_raw()
+                await events_it.__anext__()
+                proc.send_signal(signal.SIGTERM)
+                signalled = trio.current_time()
+                # Both end cleanly (final chunk: no error raised) and promptly.
+                rest = [c async for c in it]
+                assert sum(len(c) for c in rest) < 20_000
+                _ = [c async for c in events_it]
+        # The notice period: still listening, refusing what would start new work.
+        assert trio.current_time() - signalled < notice_s
+        async with httpx.AsyncClient(base_url=url, timeout=5) as fresh:
+            created = await fresh.post("/api/sessions", json={"responder": "loopback"})
+            assert created.status_code == 503, created.text
+            assert created.headers["retry-after"]
+            ready = await fresh.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["error"]["code"] == "draining"
+            again = await fresh.get(s.urls["stream_audio"], headers=s.auth)
+            assert again.status_code == 503
+            assert again.json()["error"]["code"] == "draining"
         with trio.fail_after(notice_s + graceful_s + 2):
             await proc.wait()
         assert proc.returncode == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_curl_recipe_talks_with_real_speech(
@@ -268,43 +267,18 @@ async def test_shutdown_is_not_blocked_by_a_client_that_never_reads() -> None:
     """RELIABILITY.md V7 at shutdown: the process still exits within its deadline
     (max(graceful timeout, send timeout) after SIGTERM). With the send timeout at 600 s
     this test fails: the stuck send holds the process."""
-    port = _free_port()
     graceful_s, send_s = 1.0, 2.0
-    env = os.environ | {
-        "VOXWIRE_PORT": str(port),
-        "VOXWIRE_GRACEFUL_TIMEOUT_S": str(graceful_s),
-        "VOXWIRE_SEND_TIMEOUT_S": str(send_s),
-    }
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "run.py", "--host", "127.0.0.1"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    sock = socket.socket()
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            with trio.fail_after(20):
-                while True:
-                    try:
-                        if (await client.get("/healthz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        await trio.sleep(0.1)
+    async with run_py(
+        "/healthz", VOXWIRE_GRACEFUL_TIMEOUT_S=str(graceful_s), VOXWIRE_SEND_TIMEOUT_S=str(send_s)
+    ) as (proc, url):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             s = await create_session(client, responder="loopback", output_sample_rate=48000)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", port))
-        sock.sendall(
-            f"GET {s.urls['stream_audio']} HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: Bearer {s.token}\r\n\r\n".encode()
-        )
-        await trio.sleep(1.0)  # 48 kHz fills the tiny window at once: the send is stuck
-        proc.send_signal(signal.SIGTERM)
-        with trio.fail_after(max(graceful_s, send_s) + 3):
-            await proc.wait()
-        assert proc.returncode == 0
-    finally:
-        sock.close()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        sock = await never_reading_stream(url, s)
+        try:
+            await trio.sleep(1.0)  # 48 kHz fills the tiny window at once: the send is stuck
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(max(graceful_s, send_s) + 3):
+                await proc.wait()
+            assert proc.returncode == 0
+        finally:
+            sock.close()

@@ -19,8 +19,8 @@ import pytest
 import trio
 
 from app import ServerConfig, create_app, serve
-from deploy.cluster import SESSION_ID_HEADER, proxy_command
-from tests.conftest import Running
+from deploy.cluster import SESSION_ID_HEADER, proxy_command, wait_healthy
+from tests.conftest import Running, free_port
 from tests.speech import synthesize
 from tests.voice import realtime_chunks, wer
 
@@ -33,14 +33,6 @@ PROXIES = [
     pytest.param(name, marks=pytest.mark.skipif(not shutil.which(name), reason=f"no {name}"))
     for name in ("nginx", "haproxy")
 ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -79,15 +71,8 @@ async def start_cluster(nursery: trio.Nursery, proxy: str, workdir: Path) -> Clu
     cmd = proxy_command(proxy, listen, ports, workdir / proxy)
     nursery.start_soon(partial(trio.run_process, cmd, check=False, stdout=subprocess.DEVNULL))
     url = f"http://127.0.0.1:{listen}"
-    async with httpx.AsyncClient(base_url=url, timeout=2) as client:
-        with trio.fail_after(10):
-            while True:
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.1)
+    with trio.fail_after(10):
+        await wait_healthy(url + "/healthz")
     return Cluster(url, instances, stops)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from typing import TYPE_CHECKING
 
 import httpx
@@ -18,6 +17,7 @@ from tests.conftest import (
     count_tasks,
     create_session,
     eventually,
+    never_reading_stream,
     tone,
 )
 
@@ -258,25 +258,6 @@ async def test_requests_during_the_drain_notice(start_server: StartServer) -> No
         assert r.status_code == 503
 
 
-async def _never_reading_stream(url: str, s: object) -> socket.socket:
-    """A raw client that requests stream_audio with a tiny receive window, then never reads."""
-    host, port = url.rsplit("/", 1)[1].split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    try:
-        sock.connect((host, int(port)))
-    except BlockingIOError:
-        pass
-    await trio.lowlevel.wait_writable(sock)
-    head = (
-        f"GET {s.urls['stream_audio']} HTTP/1.1\r\nHost: x\r\n"  # type: ignore[attr-defined]
-        f"Authorization: Bearer {s.token}\r\n\r\n"  # type: ignore[attr-defined]
-    )
-    sock.send(head.encode())
-    return sock
-
-
 async def test_a_client_that_never_reads_is_cut_off(start_server: StartServer) -> None:
     """RELIABILITY.md V7: hypercorn's send cannot be cancelled, so a client that never reads
     would pin its stream (and its session, and shutdown) forever. The kernel's
@@ -285,7 +266,7 @@ async def test_a_client_that_never_reads_is_cut_off(start_server: StartServer) -
     async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
         s = await create_session(client, responder="loopback", output_sample_rate=48000)
         session = next(x for x in server.registry.sessions() if x.id == s.id)
-        sock = await _never_reading_stream(server.url, s)
+        sock = await never_reading_stream(server.url, s)
         try:
             with trio.fail_after(3):
                 await eventually(lambda: session.open_requests > 0)
