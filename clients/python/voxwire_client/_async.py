@@ -16,19 +16,15 @@ from voxwire_client._core import (
     EVENTS_TIMEOUT,
     REQUEST_TIMEOUT,
     AsyncPcmSource,
-    AudioTimeline,
+    AudioStreamCore,
     Call,
     Event,
     EventCursor,
-    Notifier,
-    OddByteCarry,
     PcmChunker,
     PcmLike,
     ReconnectPolicy,
-    Retry,
+    SessionCore,
     SessionInfo,
-    StreamStart,
-    UploadWindow,
     VoxwireError,
     WavStreamReader,
     acked_sequence,
@@ -140,13 +136,10 @@ async def _request(http: httpx.AsyncClient, call: Call) -> Any:
     return check(call, response)
 
 
-class Session:
+class Session(SessionCore):
     """One voice session. Create it with :meth:`VoxwireClient.session`.
 
-    Attributes:
-        info: id, token and the config the server confirmed.
-        reconnect: The reconnect policy of its uploads and streams.
-        notifier: Its client-side notices (``notifier.callback``, ``notifier.counts``).
+    Its state (``info``, ``reconnect``, ``notifier``) is documented on :class:`SessionCore`.
     """
 
     def __init__(
@@ -158,42 +151,10 @@ class Session:
         on_notice: Callable[[Event], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(info, reconnect, on_notice, rng)
         self.http = http
-        self.info = info
-        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
-        self.notifier = Notifier(on_notice)
-        self.rng = rng if rng is not None else random.Random()
-        rate = int(info.config.get("input_sample_rate", 16000))
-        self._window = UploadWindow(int(self.reconnect.max_unacked_s * rate) * 2)
         self._upload_lock = trio.Lock()  # pieces go out one at a time, in order
         self._acked = trio.Event()  # set (and replaced) whenever pieces are acknowledged
-        self._carry = OddByteCarry()
-        self._deleted = False
-
-    @property
-    def next_sequence(self) -> int:
-        """The ``X-Sequence`` the next upload piece gets."""
-        return self._window.next_sequence
-
-    @property
-    def unacked_bytes(self) -> int:
-        """Audio uploaded but not acknowledged by the server yet (held for resending)."""
-        return self._window.pending_bytes
-
-    def _retry(self, stream: str) -> Retry:
-        return Retry(stream, self.reconnect, self.rng, self.notifier)
-
-    @property
-    def id(self) -> str:
-        return self.info.id
-
-    @property
-    def token(self) -> str:
-        return self.info.token
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.info.config
 
     # -- audio up ------------------------------------------------------------------------
 
@@ -526,7 +487,7 @@ async def _reconnect_loop(
             return
 
 
-class AudioStream:
+class AudioStream(AudioStreamCore):
     """``stream_audio`` as PCM16 bytes without the WAV header, as one stream.
 
     Entering opens the stream and reads the header, so :attr:`sample_rate` is known and
@@ -540,36 +501,15 @@ class AudioStream:
     ``client.audio_gap`` notice; nothing is inserted for it. A clean end (takeover by
     another GET, ``stop_stream``, the session deleted) ends the iteration.
 
-    Attributes:
-        bytes_received: PCM bytes handed out so far (padding silence included).
-        last_position: The stream-timeline position (in samples at :attr:`sample_rate`) of
-            the first sample of the chunk last handed out, or ``None`` when that chunk is
-            padding silence (a fresh response's lead, not part of the timeline).
+    Its counters (``bytes_received``, ``last_position``, ``connections``) are documented
+    on :class:`AudioStreamCore`.
     """
 
     def __init__(self, session: Session) -> None:
+        super().__init__()
         self._session = session
-        self._reader = WavStreamReader()
-        self.timeline = AudioTimeline()
         self._stack: contextlib.AsyncExitStack | None = None
         self._chunks: AsyncIterator[bytes] | None = None
-        self._pieces: list[tuple[int | None, bytes]] = []
-        self.bytes_received = 0
-        self.last_position: int | None = None
-        #: ``stream_audio`` responses opened (1 + reconnects).
-        self.connections = 0
-        self._gap: tuple[int, int] | None = None
-
-    @property
-    def sample_rate(self) -> int:
-        if self._reader.sample_rate is None:
-            raise RuntimeError("the stream is not open")
-        return self._reader.sample_rate
-
-    @property
-    def gaps(self) -> list[tuple[int, int]]:
-        """Spans ``(from_ms, to_ms)`` of the stream lost to reconnects."""
-        return self.timeline.gaps
 
     async def __aenter__(self) -> Self:
         await self._connect()
@@ -578,8 +518,7 @@ class AudioStream:
     async def _connect(self) -> dict[str, Any]:
         s = self._session
         url, headers = s.info.stream_audio_request()
-        from_ms = self.timeline.resume_from_ms()
-        params = {} if from_ms is None else {"from_ms": str(from_ms)}
+        from_ms, params = self._resume_params()
         reader = WavStreamReader()
         async with contextlib.AsyncExitStack() as stack:
             response = await stack.enter_async_context(
@@ -595,16 +534,10 @@ class AudioStream:
                 except StopAsyncIteration:
                     raise VoxwireError(0, "invalid_stream", "stream_audio ended early") from None
                 first = reader.feed(data)
-            assert reader.sample_rate is not None
-            start = StreamStart.from_headers(response.headers)
-            gap = self.timeline.start(start, reader.sample_rate)
-            self._reader = reader
-            self._pieces = self.timeline.feed(first)
+            opened = self._opened(reader, response.headers, first, from_ms)
             self._chunks = chunks
             self._stack = stack.pop_all()
-        self.connections += 1
-        self._gap = gap
-        return {"from_ms": from_ms, "resumed": start.resumed}
+        return opened
 
     async def _disconnect(self) -> None:
         stack, self._stack, self._chunks = self._stack, None, None
@@ -634,10 +567,8 @@ class AudioStream:
                 if self._gap is not None:
                     self._session.notifier.emit(audio_gap_event(*self._gap))
                 continue
-            self._pieces = self.timeline.feed(self._reader.feed(data))
-        self.last_position, data = self._pieces.pop(0)
-        self.bytes_received += len(data)
-        return data
+            self._feed(data)
+        return self._take()
 
 
 class _Body(httpx.AsyncByteStream):

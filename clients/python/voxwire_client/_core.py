@@ -11,6 +11,7 @@ upload pieces, the audio stream's timeline across resumed responses). The two I/
 from __future__ import annotations
 
 import json
+import random
 import struct
 import threading
 from collections import deque
@@ -22,7 +23,6 @@ import httpx
 import numpy as np
 
 if TYPE_CHECKING:
-    import random
     from collections.abc import Mapping
 
     from httpx_sse import ServerSentEvent
@@ -729,3 +729,112 @@ class AudioTimeline:
             out.append((self.next_sample, pcm))
             self.next_sample += len(pcm) // 2
         return out
+
+
+class SessionCore:
+    """The state both clients' sessions keep (their I/O lives in the subclasses).
+
+    Attributes:
+        info: id, token and the config the server confirmed.
+        reconnect: The reconnect policy of its uploads and streams.
+        notifier: Its client-side notices (``notifier.callback``, ``notifier.counts``).
+    """
+
+    def __init__(
+        self,
+        info: SessionInfo,
+        reconnect: ReconnectPolicy | None,
+        on_notice: Callable[[Event], None] | None,
+        rng: random.Random | None,
+    ) -> None:
+        self.info = info
+        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
+        self.notifier = Notifier(on_notice)
+        self.rng = rng if rng is not None else random.Random()
+        rate = int(info.config.get("input_sample_rate", DEFAULT_RATE))
+        self._window = UploadWindow(int(self.reconnect.max_unacked_s * rate) * 2)
+        self._carry = OddByteCarry()
+        self._deleted = False
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def token(self) -> str:
+        return self.info.token
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.info.config
+
+    @property
+    def next_sequence(self) -> int:
+        """The ``X-Sequence`` the next upload piece gets."""
+        return self._window.next_sequence
+
+    @property
+    def unacked_bytes(self) -> int:
+        """Audio uploaded but not acknowledged by the server yet (held for resending)."""
+        return self._window.pending_bytes
+
+    def _retry(self, stream: str) -> Retry:
+        return Retry(stream, self.reconnect, self.rng, self.notifier)
+
+
+class AudioStreamCore:
+    """The state both clients' audio streams keep across resumed responses.
+
+    Attributes:
+        timeline: Where the stream stands (see :class:`AudioTimeline`).
+        bytes_received: PCM bytes handed out so far (padding silence included).
+        last_position: The stream-timeline position (in samples at :attr:`sample_rate`) of
+            the first sample of the chunk last handed out, or ``None`` when that chunk is
+            padding silence (a fresh response's lead, not part of the timeline).
+        connections: ``stream_audio`` responses opened (1 + reconnects).
+    """
+
+    def __init__(self) -> None:
+        self._reader = WavStreamReader()
+        self.timeline = AudioTimeline()
+        self._pieces: list[tuple[int | None, bytes]] = []
+        self.bytes_received = 0
+        self.last_position: int | None = None
+        self.connections = 0
+        self._gap: tuple[int, int] | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        if self._reader.sample_rate is None:
+            raise RuntimeError("the stream is not open")
+        return self._reader.sample_rate
+
+    @property
+    def gaps(self) -> list[tuple[int, int]]:
+        """Spans ``(from_ms, to_ms)`` of the stream lost to reconnects."""
+        return self.timeline.gaps
+
+    def _resume_params(self) -> tuple[int | None, dict[str, str]]:
+        """The ``from_ms`` the next response starts at, and its query parameters."""
+        from_ms = self.timeline.resume_from_ms()
+        return from_ms, ({} if from_ms is None else {"from_ms": str(from_ms)})
+
+    def _opened(
+        self, reader: WavStreamReader, headers: httpx.Headers, first: bytes, from_ms: int | None
+    ) -> dict[str, Any]:
+        """A response's WAV header is in ``reader`` (``first``: the PCM after it)."""
+        assert reader.sample_rate is not None
+        start = StreamStart.from_headers(headers)
+        self._gap = self.timeline.start(start, reader.sample_rate)
+        self._reader = reader
+        self._pieces = self.timeline.feed(first)
+        self.connections += 1
+        return {"from_ms": from_ms, "resumed": start.resumed}
+
+    def _feed(self, data: bytes) -> None:
+        self._pieces = self.timeline.feed(self._reader.feed(data))
+
+    def _take(self) -> bytes:
+        self.last_position, data = self._pieces.pop(0)
+        self.bytes_received += len(data)
+        return data

@@ -21,20 +21,16 @@ from voxwire_client._core import (
     AUDIO_TIMEOUT,
     EVENTS_TIMEOUT,
     REQUEST_TIMEOUT,
-    AudioTimeline,
+    AudioStreamCore,
     Call,
     Event,
     EventCursor,
-    Notifier,
-    OddByteCarry,
     PcmChunker,
     PcmLike,
     PcmSource,
     ReconnectPolicy,
-    Retry,
+    SessionCore,
     SessionInfo,
-    StreamStart,
-    UploadWindow,
     VoxwireError,
     WavStreamReader,
     acked_sequence,
@@ -125,7 +121,7 @@ def _request(http: httpx.Client, call: Call) -> Any:
     return check(call, http.request(call.method, call.url, **call.kwargs()))
 
 
-class SyncSession:
+class SyncSession(SessionCore):
     """One voice session (blocking). See :class:`Session` for the methods."""
 
     def __init__(
@@ -137,41 +133,9 @@ class SyncSession:
         on_notice: Callable[[Event], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(info, reconnect, on_notice, rng)
         self.http = http
-        self.info = info
-        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
-        self.notifier = Notifier(on_notice)
-        self.rng = rng if rng is not None else random.Random()
-        rate = int(info.config.get("input_sample_rate", 16000))
-        self._window = UploadWindow(int(self.reconnect.max_unacked_s * rate) * 2)
         self._upload_lock = threading.Lock()
-        self._carry = OddByteCarry()
-        self._deleted = False
-
-    @property
-    def next_sequence(self) -> int:
-        """The ``X-Sequence`` the next upload piece gets."""
-        return self._window.next_sequence
-
-    @property
-    def unacked_bytes(self) -> int:
-        """Audio uploaded but not acknowledged by the server yet (held for resending)."""
-        return self._window.pending_bytes
-
-    def _retry(self, stream: str) -> Retry:
-        return Retry(stream, self.reconnect, self.rng, self.notifier)
-
-    @property
-    def id(self) -> str:
-        return self.info.id
-
-    @property
-    def token(self) -> str:
-        return self.info.token
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.info.config
 
     def upload(self, pcm: PcmLike, *, rate: int | None = None) -> None:
         """Append PCM16 audio as sequenced POSTs, retried like :meth:`Session.upload`.
@@ -389,32 +353,14 @@ class SyncEventStream:
                 return event
 
 
-class SyncAudioStream:
+class SyncAudioStream(AudioStreamCore):
     """Blocking :class:`AudioStream`: reconnects with ``?from_ms=``, same attributes."""
 
     def __init__(self, session: SyncSession) -> None:
+        super().__init__()
         self._session = session
-        self._reader = WavStreamReader()
-        self.timeline = AudioTimeline()
         self._stack: contextlib.ExitStack | None = None
         self._chunks: Iterator[bytes] | None = None
-        self._pieces: list[tuple[int | None, bytes]] = []
-        self.bytes_received = 0
-        self.last_position: int | None = None
-        #: ``stream_audio`` responses opened (1 + reconnects).
-        self.connections = 0
-        self._gap: tuple[int, int] | None = None
-
-    @property
-    def sample_rate(self) -> int:
-        if self._reader.sample_rate is None:
-            raise RuntimeError("the stream is not open")
-        return self._reader.sample_rate
-
-    @property
-    def gaps(self) -> list[tuple[int, int]]:
-        """Spans ``(from_ms, to_ms)`` of the stream lost to reconnects."""
-        return self.timeline.gaps
 
     def __enter__(self) -> Self:
         self._connect()
@@ -423,8 +369,7 @@ class SyncAudioStream:
     def _connect(self) -> dict[str, Any]:
         s = self._session
         url, headers = s.info.stream_audio_request()
-        from_ms = self.timeline.resume_from_ms()
-        params = {} if from_ms is None else {"from_ms": str(from_ms)}
+        from_ms, params = self._resume_params()
         reader = WavStreamReader()
         with contextlib.ExitStack() as stack:
             response = stack.enter_context(
@@ -438,16 +383,10 @@ class SyncAudioStream:
                 if data is None:
                     raise VoxwireError(0, "invalid_stream", "stream_audio ended early")
                 first = reader.feed(data)
-            assert reader.sample_rate is not None
-            start = StreamStart.from_headers(response.headers)
-            gap = self.timeline.start(start, reader.sample_rate)
-            self._reader = reader
-            self._pieces = self.timeline.feed(first)
+            opened = self._opened(reader, response.headers, first, from_ms)
             self._chunks = chunks
             self._stack = stack.pop_all()
-        self.connections += 1
-        self._gap = gap
-        return {"from_ms": from_ms, "resumed": start.resumed}
+        return opened
 
     def _disconnect(self) -> None:
         stack, self._stack, self._chunks = self._stack, None, None
@@ -480,7 +419,5 @@ class SyncAudioStream:
                 if self._gap is not None:
                     self._session.notifier.emit(audio_gap_event(*self._gap))
                 continue
-            self._pieces = self.timeline.feed(self._reader.feed(data))
-        self.last_position, data = self._pieces.pop(0)
-        self.bytes_received += len(data)
-        return data
+            self._feed(data)
+        return self._take()
