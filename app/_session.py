@@ -229,13 +229,7 @@ class Session:
         if error is not None:
             raise error
         if count > self.pipeline.response_room():
-            raise ApiError(
-                429,
-                "too_many_responses",
-                "responses are already queued for this session",
-                error_type="rate_limit_error",
-                headers={"Retry-After": str(self._server.retry_after_s)},
-            )
+            raise self._busy("too_many_responses", "responses are already queued for this session")
 
     # -- upload ----------------------------------------------------------------------
 
@@ -359,10 +353,14 @@ class Session:
             return
         self.stats.throttled += 1
         self._metrics.upload_throttled.inc()
-        raise ApiError(
+        raise self._busy("upload_backpressure", "the session is not keeping up; retry shortly")
+
+    def _busy(self, code: str, message: str) -> ApiError:
+        """429: the session has no room now; the client retries after ``Retry-After``."""
+        return ApiError(
             429,
-            "upload_backpressure",
-            "the session is not keeping up; retry shortly",
+            code,
+            message,
             error_type="rate_limit_error",
             headers={"Retry-After": str(self._server.retry_after_s)},
         )
@@ -434,13 +432,7 @@ class Session:
     async def _send_control(self, control: Control) -> None:
         if await self._to_ingest(control):
             return
-        raise ApiError(
-            429,
-            "pipeline_busy",
-            "the session is not keeping up; retry shortly",
-            error_type="rate_limit_error",
-            headers={"Retry-After": str(self._server.retry_after_s)},
-        )
+        raise self._busy("pipeline_busy", "the session is not keeping up; retry shortly")
 
     def cancel_response(self) -> None:
         """response.cancel: stop the current response; an error event if there is none."""
@@ -472,12 +464,8 @@ class Session:
         try:
             self.pipeline.request_response(instructions)
         except trio.WouldBlock:
-            raise ApiError(
-                429,
-                "too_many_responses",
-                "responses are already queued for this session",
-                error_type="rate_limit_error",
-                headers={"Retry-After": str(self._server.retry_after_s)},
+            raise self._busy(
+                "too_many_responses", "responses are already queued for this session"
             ) from None
 
     def _count_turn(self) -> None:

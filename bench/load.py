@@ -627,6 +627,14 @@ def ms(x: float) -> str:
     return "inf" if x == math.inf else ("n/a" if math.isnan(x) else f"{x:.0f}")
 
 
+def waterfall(r: dict) -> str:
+    """The server's per-stage latency line (p50/p95 from ``/metrics``)."""
+    p50, p95 = r["server_p50_ms"], r["server_p95_ms"]
+    return "  server's waterfall from end of speech, ms p50/p95: " + ", ".join(
+        f"{k.removesuffix('_ms')} {ms(p50[k])}/{ms(p95[k])}" for k in STAGES
+    )
+
+
 def errors_text(errors: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "0"
 
@@ -644,11 +652,7 @@ def show_step(r: dict, args: argparse.Namespace) -> None:
             f"audio ms p50 {ms(r['eos_p50_ms'])}  p95 {ms(r['eos_p95_ms'])}  max answered "
             f"{ms(r['eos_max_ms'])}"
         )
-        p50, p95 = r["server_p50_ms"], r["server_p95_ms"]
-        print(
-            "  server's waterfall from end of speech, ms p50/p95: "
-            + ", ".join(f"{k.removesuffix('_ms')} {ms(p50[k])}/{ms(p95[k])}" for k in STAGES)
-        )
+        print(waterfall(r))
     print(
         f"  stream gap ms p50 {r['gap_p50_ms']:.1f}  p99 {r['gap_p99_ms']:.1f}  max "
         f"{r['gap_max_ms']:.0f} | audio received {r['audio_rx_pct']:.1f}% of real time"

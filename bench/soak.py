@@ -66,6 +66,7 @@ from load import (
     other_cpu,
     read_stream,
     silence,
+    waterfall,
 )
 from transport import loop_lag, pct, server_counters
 
@@ -714,11 +715,7 @@ def show(
         f"reply audio ms p50 {ms(r['eos_p50_ms'])}  p95 {ms(r['eos_p95_ms'])}  max "
         f"{ms(r['eos_max_ms'])}"
     )
-    p50, p95 = r["server_p50_ms"], r["server_p95_ms"]
-    print(
-        "  server's waterfall from end of speech, ms p50/p95: "
-        + ", ".join(f"{k.removesuffix('_ms')} {ms(p50[k])}/{ms(p95[k])}" for k in STAGES)
-    )
+    print(waterfall(r))
     print(
         f"  stream gap ms p50 {r['gap_p50_ms']:.1f}  p99 {r['gap_p99_ms']:.1f}  max "
         f"{r['gap_max_ms']:.0f} ({r['gap_reads']} reads)"
