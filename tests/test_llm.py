@@ -260,3 +260,29 @@ async def test_a_spoken_turn_goes_to_the_llm(client: httpx.AsyncClient, fake: Fa
     user = fake.requests[0]["messages"][-1]
     assert user["role"] == "user"
     assert wer(sentence, user["content"]) <= 0.2
+
+
+async def test_more_response_creates_than_the_queue_holds_are_refused_whole(
+    client: httpx.AsyncClient, fake: FakeLlm, llm_server: Running
+) -> None:
+    """A 429 with Retry-After, and nothing in the refused list applied: the next reply
+    sees only what came after it."""
+    s = await create_session(client, responder="llm", turn_detection=None)
+    too_many = [CREATE] * (llm_server.config.turn_queue + 1)
+    r = await client.post(
+        f"/api/sessions/{s.id}/events", headers=s.auth, json=[say("Refused?"), *too_many]
+    )
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["code"] == "too_many_responses"
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    assert int(r.headers["retry-after"]) >= 1
+    events = Events()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(events.run, client, s)
+        await events.wait_for("session.created")
+        await post_events(client, s, say("Accepted."), CREATE)
+        done = await nth_done(events, 1)
+        nursery.cancel_scope.cancel()
+    assert done["response"]["status"] == "completed"
+    (body,) = fake.requests
+    assert [m["content"] for m in body["messages"] if m["role"] == "user"] == ["Accepted."]
