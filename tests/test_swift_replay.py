@@ -43,6 +43,8 @@ from tests.speech import synthesize
 from tests.voice import wer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from app._models import ModelHub
     from tests.conftest import Running, StartServer
 
@@ -388,6 +390,17 @@ class SwiftClient:
 # The two streams, decoded as the Swift receivers decode them
 
 
+async def read_body(wire: Wire, feed: Callable[[bytes], None], ended: trio.Event) -> None:
+    """Hand a response body's chunks to ``feed``; set ``ended`` when it ends cleanly."""
+    try:
+        while isinstance(event := await wire.event(), h11.Data):
+            feed(event.data)
+    except trio.ClosedResourceError:
+        return  # this side dropped the connection (a simulated network loss)
+    assert isinstance(event, h11.EndOfMessage), event
+    ended.set()
+
+
 @dataclass
 class EventsReader:
     """``GET events`` parsed like ``SSEParser``: id/data/retry, comments, blank-line dispatch."""
@@ -423,13 +436,7 @@ class EventsReader:
                 self.retry_ms = int(value)
 
     async def run(self, wire: Wire) -> None:
-        try:
-            while isinstance(event := await wire.event(), h11.Data):
-                self.feed(event.data)
-        except trio.ClosedResourceError:
-            return  # this side dropped the connection (a simulated network loss)
-        assert isinstance(event, h11.EndOfMessage), event
-        self.ended.set()
+        await read_body(wire, self.feed, self.ended)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for _, _, e in self.got if e["type"] == kind]
@@ -553,13 +560,7 @@ class StreamReader:
         return (self.count - int(loud[0])) * 1000 / self.rate
 
     async def run(self, wire: Wire) -> None:
-        try:
-            while isinstance(event := await wire.event(), h11.Data):
-                self.feed(event.data)
-        except trio.ClosedResourceError:
-            return  # this side dropped the connection (a simulated network loss)
-        assert isinstance(event, h11.EndOfMessage), event
-        self.ended.set()
+        await read_body(wire, self.feed, self.ended)
 
 
 async def transcribe(server: Running, samples: np.ndarray, rate: int) -> str:
