@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     from app._session import Session
 
 
+# Long-lived responses (stream_audio, events): no cache, and no proxy buffering (nginx
+# honours X-Accel-Buffering; deploy/ turns buffering off for the others).
+LIVE_STREAM_HEADERS = {
+    "Cache-Control": "no-cache, no-store, no-transform",
+    "X-Accel-Buffering": "no",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 def server_config() -> ServerConfig:
     cfg: ServerConfig = current_app.config["VOXWIRE_CONFIG"]
     return cfg

@@ -11,18 +11,18 @@ from werkzeug.http import parse_options_header
 from app._config import SUPPORTED_RATES
 from app._errors import ApiError
 from app._session import PcmFormat
-from app.routes._common import authorised_session, metrics, refuse_if_draining, whole_number
+from app.routes._common import (
+    LIVE_STREAM_HEADERS,
+    authorised_session,
+    metrics,
+    refuse_if_draining,
+    whole_number,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 bp = Blueprint("audio", __name__)
-
-STREAM_HEADERS = {
-    "Cache-Control": "no-cache, no-store, no-transform",
-    "X-Accel-Buffering": "no",
-    "X-Content-Type-Options": "nosniff",
-}
 
 
 def _unsupported(message: str) -> ApiError:
@@ -136,7 +136,7 @@ async def stream_audio(session_id: str) -> Response:
             finally:
                 session.playout.detach(reader)
 
-    headers = STREAM_HEADERS | {
+    headers = LIVE_STREAM_HEADERS | {
         # Where this response sits on the session's stream timeline, so a client that
         # loses the connection can ask for the rest with ?from_ms= (docs/clients.md).
         "X-Stream-Position-Ms": str(start.position_ms),

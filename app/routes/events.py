@@ -12,6 +12,7 @@ from quart import Blueprint, Response, jsonify, request
 
 from app._errors import ApiError
 from app.routes._common import (
+    LIVE_STREAM_HEADERS,
     authorised_session,
     json_body,
     refuse_if_draining,
@@ -26,11 +27,6 @@ if TYPE_CHECKING:
 
 bp = Blueprint("events", __name__)
 
-SSE_HEADERS = {
-    "Cache-Control": "no-cache, no-store, no-transform",
-    "X-Accel-Buffering": "no",
-    "X-Content-Type-Options": "nosniff",
-}
 
 SUPPORTED_CLIENT_EVENTS = (
     "session.update",
@@ -102,7 +98,9 @@ async def events_stream(session_id: str) -> Response:
                 if idle.cancelled_caught:
                     yield b": ping\n\n"
 
-    response = Response(body(), status=200, content_type="text/event-stream", headers=SSE_HEADERS)
+    response = Response(
+        body(), status=200, content_type="text/event-stream", headers=LIVE_STREAM_HEADERS
+    )
     response.timeout = None
     return response
 
