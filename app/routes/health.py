@@ -1,8 +1,8 @@
-"""Liveness, readiness, metrics and the demo page."""
+"""Liveness, readiness, metrics, the demo page and the OpenAPI document."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -11,10 +11,9 @@ from quart import Blueprint, Response, current_app, jsonify, send_file
 from app._errors import ApiError
 from app.routes._common import metrics, models, refuse_if_draining, registry, require_api_key
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
 bp = Blueprint("health", __name__)
+
+OPENAPI_FILE = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 
 
 @bp.get("/healthz")
@@ -68,6 +67,15 @@ async def _web_file(name: str) -> Response:
 @bp.get("/")
 async def index() -> Response:
     return await _web_file("index.html")
+
+
+@bp.get("/openapi.yaml")
+async def openapi() -> Response:
+    """The API's OpenAPI 3.1 description, served as written (tests/test_openapi.py)."""
+    response = await send_file(OPENAPI_FILE, mimetype="application/yaml")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 @bp.get("/web/<name>")
