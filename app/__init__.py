@@ -73,8 +73,21 @@ def _close_if_body_unread(response: Response) -> Response:
     The client may still be sending; reusing the connection after an early answer has
     left hypercorn's keep-alive cycle waiting forever. ``Connection: close`` makes h11
     close it after this response, as nginx does for early errors.
+
+    This holds for every answer, not only errors: a route that ignores a body (DELETE,
+    stop_stream, a GET or OPTIONS sent with one) answers before its last bytes may have
+    arrived. Hypercorn then cannot recycle the connection, and its close is cancelled
+    with the request's task (quart-trio), so the next request on it waits forever.
+    Requests without a body (no Content-Length, not chunked) are never affected.
     """
-    if has_request_context() and not request.body._complete.is_set():
+    if (
+        has_request_context()
+        and (
+            request.content_length
+            or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        )
+        and not request.body._complete.is_set()
+    ):
         response.headers["Connection"] = "close"
     return response
 
@@ -118,15 +131,23 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
 
     @app.errorhandler(ApiError)
     async def handle_api_error(error: ApiError) -> Response:
-        return _close_if_body_unread(json_error(error))
+        return json_error(error)
 
     @app.errorhandler(HTTPException)
     async def handle_http_error(error: HTTPException) -> Response:
         status = error.code or 500
         code = (error.name or "error").lower().replace(" ", "_")
         kind = "server_error" if status >= 500 else "invalid_request_error"
-        api_error = ApiError(status, code, error.description or error.name or "", error_type=kind)
-        return _close_if_body_unread(json_error(api_error))
+        # Keep the exception's own headers (405's Allow, which RFC 9110 requires).
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        api_error = ApiError(
+            status, code, error.description or error.name or "", error_type=kind, headers=headers
+        )
+        return json_error(api_error)
+
+    @app.after_request  # every response, error handlers' included
+    async def close_if_body_unread(response: Response) -> Response:
+        return _close_if_body_unread(response)
 
     cors = CorsPolicy(config.cors_origins)
     if cors.enabled:
