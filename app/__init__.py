@@ -12,6 +12,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.exceptions import HTTPException
 
+from app._asgi import ShieldedEndHTTPConnection
 from app._config import ServerConfig, SessionConfig, validate_session_config
 from app._cors import CorsPolicy
 from app._errors import ApiError, VoiceServiceError
@@ -99,6 +100,7 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
     config = config or ServerConfig()
     app = QuartTrio("voxwire", static_folder=None)
     app.request_class = VoxRequest
+    app.asgi_http_class = ShieldedEndHTTPConnection
     # Quart buffers request bodies; this caps only the unread backlog (see BacklogBody).
     app.config["MAX_CONTENT_LENGTH"] = config.body_backlog_bytes
     app.config["RESPONSE_TIMEOUT"] = config.response_timeout_s

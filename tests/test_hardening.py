@@ -343,3 +343,27 @@ async def test_tokens_and_keys_never_reach_the_logs(
     assert s["token"] not in server_logs
     assert "k" * 40 not in server_logs
     assert "w" * 40 not in server_logs
+
+
+@pytest.mark.parametrize("requests", [0, 1, 3])
+async def test_idle_keep_alive_connections_are_closed(
+    start_server: StartServer, requests: int
+) -> None:
+    """An idle keep-alive connection is closed after keep_alive_timeout_s, also once it
+    has served requests (the idle timer used to be cancelled with the first response, so
+    such a connection held its socket forever)."""
+    server = await start_server(keep_alive_timeout_s=0.5)
+    host, port = server.url.rsplit("/", 1)[1].split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        for _ in range(requests):
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while b'"ok"' not in got:
+                data = await stream.receive_some()
+                assert data, "closed before answering"
+                got += data
+            assert got.startswith(b"HTTP/1.1 200")
+        with trio.fail_after(5):
+            closed_at_eof = await stream.receive_some()
+        assert closed_at_eof == b""
