@@ -77,8 +77,8 @@ def _close_if_body_unread(response: Response) -> Response:
 
     This holds for every answer, not only errors: a route that ignores a body (DELETE,
     stop_stream, a GET or OPTIONS sent with one) answers before its last bytes may have
-    arrived. Hypercorn then cannot recycle the connection, and its close is cancelled
-    with the request's task (quart-trio), so the next request on it waits forever.
+    arrived. Hypercorn then cannot recycle the connection, and the next request on it is
+    never answered (tests/test_openapi.py).
     Requests without a body (no Content-Length, not chunked) are never affected.
     """
     if (
