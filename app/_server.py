@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
+from hypercorn.trio import run as hypercorn_trio_run
 from hypercorn.trio.run import worker_serve
+from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.utils import wrap_app
 
 if TYPE_CHECKING:
@@ -52,6 +54,26 @@ def listening_sockets(hc: HypercornConfig, send_timeout_s: float) -> Sockets:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(send_timeout_s * 1000))
         sock.listen(hc.backlog)
     return sockets
+
+
+class PromptCloseTCPServer(TCPServer):
+    """Hypercorn's connection handler, with the keep-alive timer stopped once the peer
+    has closed the connection.
+
+    After a response, hypercorn restarts the connection's keep-alive timer
+    (``ShieldedEndHTTPConnection`` in app/_asgi.py makes sure it does). When the client
+    then closes the connection, hypercorn's reader ends but the timer does not: the
+    handler, and its socket, waited out the whole ``keep_alive_timeout`` (75 s) for a
+    client that was gone.
+    """
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
+
+
+# worker_serve builds a TCPServer per connection by this module-level name.
+hypercorn_trio_run.TCPServer = PromptCloseTCPServer  # type: ignore[attr-defined]
 
 
 async def wait_for_signal() -> None:

@@ -367,3 +367,23 @@ async def test_idle_keep_alive_connections_are_closed(
         with trio.fail_after(5):
             closed_at_eof = await stream.receive_some()
         assert closed_at_eof == b""
+
+
+async def test_a_closed_keep_alive_connection_frees_its_tasks_at_once(
+    start_server: StartServer,
+) -> None:
+    """Once a response has ended, the connection waits on a keep-alive timer; when the
+    client then closes it, its handler ends at once, not after keep_alive_timeout_s."""
+    server = await start_server(keep_alive_timeout_s=60, default_responder="loopback")
+    baseline = count_tasks()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        s = await create_session(client)
+        async with client.stream("GET", s.urls["stream_audio"], headers=s.auth) as r:
+            chunks = r.aiter_raw()
+            await chunks.__anext__()
+            stop = await client.post(f"{s.urls['session']}/stop_stream", headers=s.auth)
+            assert stop.json() == {"stopped": True}
+            _ = [c async for c in chunks]  # ended by the server: the connection is reusable
+        assert (await client.delete(s.urls["session"], headers=s.auth)).status_code == 204
+    with trio.fail_after(5):
+        await eventually(lambda: count_tasks() <= baseline)
