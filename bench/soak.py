@@ -13,22 +13,28 @@ pipeline sessions (Piper sentences uploaded in real time in 100 ms chunks on a c
   gap and no duplicate;
 - **churn** every ``--turns-per-session`` turns: the session is DELETEd while its stream and
   events are open (both must end cleanly) and a new one is created.
+- **quiet checkpoints** every ``--checkpoint-s`` (600): each conversation finishes its
+  session and waits; once the server is idle for ``--settle-s`` (12, over its 10 s
+  ``malloc_trim`` interval) its RSS, fds and tasks are taken, then the talking resumes.
+  Idle RSS after a trim is live memory, nearly free of the ±100 MB that decode buffers
+  add while talking, so its trend over the checkpoints is the sharpest leak test.
 
 Every ``--sample-s`` (30) it prints the server's RSS (and its floor and peak over the
 interval, polled every second), fds, threads, and from ``/metrics``
 ``voxwire_trio_tasks``, ``voxwire_sessions`` and ``voxwire_stream_readers``, with the turns,
 barge-ins, reconnects, churns and errors so far, the p99 stream gap of the interval and the
 CPU of the server, this client and every other process. At the end: the RSS slope (MB/h,
-least squares over the samples after the warm-up) of the sampled RSS and of its floor (the
-interval's minimum: transient decode buffers lift the peaks, a leak lifts the floor), in
-total and per session, the same for fds, threads and tasks, idle figures before and after,
-end of speech → first reply audio, chunk gaps, errors by class and event-id violations. The
-exit code is 1 when an RSS slope is over ``--max-rss-slope-mb-h`` by more than its noise, or
-fds or tasks grow (see ``verdict``); 2 when neither RSS slope is under the limit by more than
-its noise (the run was too short or too noisy to tell).
+least squares) of idle RSS at the checkpoints, and over the talking samples after the
+warm-up, of the sampled RSS and of its floor (the interval's minimum: transient decode
+buffers lift the peaks, a leak lifts the floor), in total and per session, the same for
+fds, threads and tasks, idle figures before and after, end of speech → first reply audio,
+chunk gaps, errors by class and event-id violations. The exit code is 1 when an RSS slope
+is over ``--max-rss-slope-mb-h`` by more than its noise (2 s.e.), or fds or tasks grow (see
+``verdict``); 2 when no RSS slope is under the limit by more than its noise (the run was
+too short or too noisy to tell).
 
     .venv/bin/python bench/soak.py                                   # 2 sessions, 1 h
-    .venv/bin/python bench/soak.py --duration-s 180 --sample-s 10    # quick check
+    .venv/bin/python bench/soak.py --duration-s 240 --sample-s 10 --checkpoint-s 60  # quick
 """
 
 from __future__ import annotations
@@ -121,12 +127,39 @@ class Leg:
 
 
 @dataclass
+class Gate:
+    """Quiet checkpoints: while closed, each slot parks before it creates its next session,
+    so the server goes idle without cutting a session short."""
+
+    closed: bool = False
+    parked: int = 0
+    opened: trio.Event = field(default_factory=trio.Event)
+
+    def close(self) -> None:
+        self.closed, self.opened = True, trio.Event()
+
+    def open(self) -> None:
+        self.closed = False
+        self.opened.set()
+
+    async def passage(self) -> None:
+        if not self.closed:
+            return
+        self.parked += 1
+        try:
+            await self.opened.wait()
+        finally:
+            self.parked -= 1
+
+
+@dataclass
 class Soak:
     args: argparse.Namespace
     base_url: str
     speech: list[np.ndarray]
     auth: dict[str, str]  # the API key, if the server wants one
     stop: trio.Event = field(default_factory=trio.Event)
+    gate: Gate = field(default_factory=Gate)
     errors: Counter[str] = field(default_factory=Counter)
     turns: list[SoakTurn] = field(default_factory=list)
     barge_ins: int = 0  # attempted: the next sentence started into a playing reply
@@ -381,6 +414,9 @@ async def run_slot(soak: Soak, slot: int) -> None:
         base_url=soak.base_url, timeout=HTTP_TIMEOUT, limits=limits
     ) as client:
         while not soak.stop.is_set():
+            await soak.gate.passage()
+            if soak.stop.is_set():
+                break
             try:
                 r = await client.post(
                     "/api/sessions", json={"responder": "echo"}, headers=soak.auth
@@ -421,6 +457,8 @@ class Sampler:
     samples: list[dict] = field(default_factory=list)
     lag: list[float] = field(default_factory=list)
     rss_seen: list[float] = field(default_factory=list)  # MB, every second since the sample
+    idle: list[dict] = field(default_factory=list)  # quiet checkpoints' idle snapshots
+    was_quiet: bool = False  # a checkpoint began since the last sample
 
     def __post_init__(self) -> None:
         self.me = psutil.Process()
@@ -466,6 +504,7 @@ class Sampler:
         soak.interval_gaps.clear()
         snap.update(
             t=now - self.t0,
+            quiet=self.was_quiet or soak.gate.closed,  # (part of) it was a checkpoint
             turns=len(soak.turns),
             barge_ins=soak.barge_ins,
             reconnects=soak.reconnects,
@@ -478,6 +517,7 @@ class Sampler:
             other_top=other_top,
             lag_p99_ms=pct(np.asarray(self.lag) * 1000, 99),
         )
+        self.was_quiet = soak.gate.closed
         self.lag.clear()
         seen = [*self.rss_seen, snap["rss_mb"]]
         self.rss_seen.clear()
@@ -540,7 +580,7 @@ def fit(t_s: list[float], y: list[float]) -> tuple[float, float]:
 def summarise(soak: Soak, sampler: Sampler, idle: tuple[dict, dict], wall: float) -> dict:
     args = soak.args
     warmup = args.warmup_s if args.warmup_s is not None else min(300.0, 0.2 * args.duration_s)
-    kept = [s for s in sampler.samples if s["t"] >= warmup]
+    kept = [s for s in sampler.samples if s["t"] >= warmup and not s.get("quiet")]
     t = [s["t"] for s in kept]
     series = {}
     for key in ("rss_mb", "rss_min_mb", "fds", "threads", "tasks"):
@@ -566,6 +606,27 @@ def summarise(soak: Soak, sampler: Sampler, idle: tuple[dict, dict], wall: float
     hours = wall / 3600
     rss_slope = series["rss_min_mb"]["slope_per_h"]
     before, after = idle
+    # Idle RSS at the quiet checkpoints and at the end (all after a trim), by time and by
+    # sessions created.
+    points = [*sampler.idle, *([{**after, "t": wall, "lives": soak.lives}] if after else [])]
+    idle_slope, idle_se = fit([p["t"] for p in points], [p["rss_mb"] for p in points])
+    lives = np.asarray([p["lives"] for p in points], float)
+    per_life_kb = (
+        1024 * float(np.polyfit(lives, [p["rss_mb"] for p in points], 1)[0])
+        if len(points) >= 3 and np.ptp(lives) > 0
+        else math.nan
+    )
+    series["idle_rss_mb"] = {
+        "min": min((p["rss_mb"] for p in points), default=math.nan),
+        "max": max((p["rss_mb"] for p in points), default=math.nan),
+        "first": points[0]["rss_mb"] if points else math.nan,
+        "last": points[-1]["rss_mb"] if points else math.nan,
+        "slope_per_h": idle_slope,
+        "slope_se": idle_se,
+        "growth": idle_slope * (points[-1]["t"] - points[0]["t"]) / 3600
+        if len(points) >= 3
+        else math.nan,
+    }
     return {
         "warmup_s": warmup,
         "samples_kept": len(kept),
@@ -576,6 +637,10 @@ def summarise(soak: Soak, sampler: Sampler, idle: tuple[dict, dict], wall: float
         "rss_per_life_kb": 1024 * rss_slope / (soak.lives / hours) if soak.lives else math.nan,
         "idle_before": before,
         "idle_after": after,
+        "idle_points": [
+            {k: p[k] for k in ("t", "lives", "rss_mb", "fds", "tasks", "sessions")} for p in points
+        ],
+        "idle_rss_per_life_kb": per_life_kb,
         "turns": len(soak.turns),
         "answered": len(answered),
         "eos_p50_ms": pct(answered, 50),
@@ -607,6 +672,7 @@ def summarise(soak: Soak, sampler: Sampler, idle: tuple[dict, dict], wall: float
 
 
 SERIES = {
+    "idle_rss_mb": "idle RSS",
     "rss_mb": "RSS",
     "rss_min_mb": "RSS floor",
     "fds": "fds",
@@ -615,14 +681,19 @@ SERIES = {
 }
 
 
+# Idle RSS at the quiet checkpoints (live memory after a trim: little noise), RSS while
+# talking, and its floor per interval.
+RSS_SERIES = ("idle_rss_mb", "rss_mb", "rss_min_mb")
+
+
 def rss_inconclusive(r: dict, args: argparse.Namespace) -> str | None:
     """Why the RSS slopes prove nothing either way (None: one is within the limit by more
     than its noise, or ``verdict`` failed them)."""
     s = r["series"]
-    bounds = [s[k]["slope_per_h"] + 2 * s[k]["slope_se"] for k in ("rss_mb", "rss_min_mb")]
+    bounds = [s[k]["slope_per_h"] + 2 * s[k]["slope_se"] for k in RSS_SERIES]
     if any(b <= args.max_rss_slope_mb_h for b in bounds):
         return None
-    noise = min(2 * s[k]["slope_se"] for k in ("rss_mb", "rss_min_mb"))
+    noise = float(np.nanmin([2 * s[k]["slope_se"] for k in RSS_SERIES]))
     return (
         f"RSS slopes are within their noise (±{noise:.0f} MB/h at best) but the noise is over "
         f"the {args.max_rss_slope_mb_h:g} MB/h limit: run longer"
@@ -638,7 +709,7 @@ def verdict(r: dict, args: argparse.Namespace, alive: bool) -> list[str]:
     s = r["series"]
     if r["samples_kept"] < 3:
         why.append(f"only {r['samples_kept']} samples after the warm-up")
-    for key in ("rss_mb", "rss_min_mb"):
+    for key in RSS_SERIES:
         slope, se = s[key]["slope_per_h"], s[key]["slope_se"]
         if slope - 2 * se > args.max_rss_slope_mb_h:
             why.append(
@@ -685,6 +756,7 @@ def show(
         f"{len(rows)} samples, {r['samples_kept']} after the {r['warmup_s']:.0f} s warm-up"
     )
     for key, unit in (
+        ("idle_rss_mb", "MB"),
         ("rss_mb", "MB"),
         ("rss_min_mb", "MB"),
         ("fds", ""),
@@ -702,6 +774,14 @@ def show(
         f"created "
         f"{r['rss_per_life_kb']:+.1f} KB ({r['lives']} created)"
     )
+    if r["idle_points"]:
+        print(
+            "  idle RSS at the quiet checkpoints (min: MB after N sessions): "
+            + ", ".join(
+                f"{p['t'] / 60:.0f}: {p['rss_mb']:.0f} after {p['lives']}" for p in r["idle_points"]
+            )
+            + f"; {r['idle_rss_per_life_kb']:+.1f} KB per session created"
+        )
     for name in ("idle_before", "idle_after"):
         x = r[name]
         if x:
@@ -765,6 +845,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stagger-s", type=float, default=3.0, help="random extra lead silence")
     p.add_argument("--pause-min-s", type=float, default=0.5, help="pause after a reply")
     p.add_argument("--pause-max-s", type=float, default=1.5)
+    p.add_argument(
+        "--checkpoint-s",
+        type=float,
+        default=600.0,
+        help="a quiet checkpoint this often: sessions pause, idle RSS is taken (0: none)",
+    )
+    p.add_argument(
+        "--settle-s",
+        type=float,
+        default=12.0,
+        help="idle this long before an idle snapshot (over the server's 10 s trim interval)",
+    )
     p.add_argument("--max-rss-slope-mb-h", type=float, default=20.0)
     p.add_argument("--max-fd-growth", type=float, default=4.0, help="fitted, and idle after")
     p.add_argument("--max-task-growth", type=float, default=20.0, help="fitted, and idle after")
@@ -775,17 +867,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def settle(client: httpx.AsyncClient, sampler: Sampler) -> dict:
-    """An idle snapshot once no session is left (or after 20 s)."""
+async def settle(client: httpx.AsyncClient, sampler: Sampler, quiet_s: float) -> dict:
+    """An idle snapshot ``quiet_s`` after no session is left (waiting 20 s at most for that).
+
+    ``quiet_s`` should cover the server's ``malloc_trim`` interval (10 s): the snapshot
+    then shows live memory, not what the allocator has not handed back yet.
+    """
     with trio.move_on_after(20):
         while True:
             if (await sampler.snapshot(client))["sessions"] == 0:
                 break
             await trio.sleep(0.5)
-    await trio.sleep(2)  # let the last connections close
+    await trio.sleep(quiet_s)  # the last connections close, the server trims
     snap = await sampler.snapshot(client)
     del snap["metrics"]
     return snap
+
+
+async def checkpoints(soak: Soak, sampler: Sampler, client: httpx.AsyncClient) -> None:
+    """Every ``--checkpoint-s``: let every slot finish its session and park, take an idle
+    snapshot (``settle``), then let them go on. Idle RSS after a trim is live memory, so
+    its trend across checkpoints shows a leak far above the noise of RSS while talking."""
+    args = soak.args
+    if args.checkpoint_s <= 0:
+        return
+    due = sampler.t0
+    while True:
+        due += args.checkpoint_s
+        await trio.sleep_until(due)
+        if soak.stop.is_set():
+            return
+        soak.gate.close()
+        sampler.was_quiet = True
+        try:
+            with trio.move_on_after(args.turns_per_session * (args.reply_timeout + 10)):
+                while soak.gate.parked < args.sessions:  # noqa: ASYNC110 - a counter
+                    await trio.sleep(0.5)
+            snap = await settle(client, sampler, args.settle_s)
+        finally:
+            soak.gate.open()
+        snap.update(t=trio.current_time() - sampler.t0, lives=soak.lives)
+        sampler.idle.append(snap)
+        print(
+            f"  quiet checkpoint at {snap['t']:.0f} s after {snap['lives']} sessions: idle RSS "
+            f"{snap['rss_mb']:.1f} MB, {snap['fds']} fds, {snap['tasks']:.0f} tasks, "
+            f"{snap['sessions']:.0f} sessions",
+            flush=True,
+        )
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -801,7 +929,7 @@ async def main(args: argparse.Namespace) -> int:
             await trio.sleep(1)
             t0 = trio.current_time()
             sampler = Sampler(soak, target, t0)
-            before = await settle(mc, sampler)
+            before = await settle(mc, sampler, args.settle_s)
             print(
                 f"voxwire soak: {args.sessions} sessions for {args.duration_s:.0f} s, server "
                 f"{target.base_url}, log {log_dir / 'server0.log'}; idle RSS "
@@ -821,6 +949,7 @@ async def main(args: argparse.Namespace) -> int:
                 nursery.start_soon(lag_task)
                 nursery.start_soon(sampler.watch_rss)
                 nursery.start_soon(sampler.run, mc)
+                nursery.start_soon(checkpoints, soak, sampler, mc)
                 async with trio.open_nursery() as sessions:
                     for slot in range(args.sessions):
                         sessions.start_soon(run_slot, soak, slot)
@@ -831,11 +960,12 @@ async def main(args: argparse.Namespace) -> int:
                         await trio.sleep(min(1.0, end - trio.current_time()))
                     # sessions finish the turn in flight, then DELETE their session
                     soak.stop.set()
+                    soak.gate.open()
                     sessions.cancel_scope.deadline = trio.current_time() + args.reply_timeout + 30
                 wall = trio.current_time() - t0
                 nursery.cancel_scope.cancel()
             alive = target.alive()
-            after = await settle(mc, sampler) if alive else {}
+            after = await settle(mc, sampler, args.settle_s) if alive else {}
     finally:
         target.stop()
     if not sampler.samples:
