@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
+from hypercorn.events import Event, Updated
 from hypercorn.trio import run as hypercorn_trio_run
 from hypercorn.trio.run import worker_serve
 from hypercorn.trio.tcp_server import TCPServer
@@ -67,9 +68,18 @@ class PromptCloseTCPServer(TCPServer):
     client that was gone.
     """
 
+    _peer_gone = False
+
     async def _read_data(self) -> None:
         await super()._read_data()
+        self._peer_gone = True
         await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        # A response that ends after the peer has gone would start the timer again.
+        if self._peer_gone and isinstance(event, Updated) and event.idle:
+            return
+        await super().protocol_send(event)
 
 
 # worker_serve builds a TCPServer per connection by this module-level name.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from tests.conftest import (
     Running,
@@ -375,6 +376,7 @@ async def test_a_closed_keep_alive_connection_frees_its_tasks_at_once(
     """Once a response has ended, the connection waits on a keep-alive timer; when the
     client then closes it, its handler ends at once, not after keep_alive_timeout_s."""
     server = await start_server(keep_alive_timeout_s=60, default_responder="loopback")
+    await trio.testing.wait_all_tasks_blocked()  # the listener's task has started
     baseline = count_tasks()
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         s = await create_session(client)

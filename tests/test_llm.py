@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import numpy as np
 import pytest
 import trio
 
@@ -115,7 +116,14 @@ async def test_history_follows_the_conversation_and_truncation_after_a_cancel(
         fake.reply, fake.token_delay_s = LONG_REPLY, 0.02
         await post_events(client, s, say("Turn two."), CREATE)
         await events.wait_for("response.audio_transcript.delta", lambda e: "keeps" in e["delta"])
-        await trio.sleep(1.5)  # the reply is playing
+        mark = stream.n
+        with trio.fail_after(30):  # 1.5 s of the reply has played (however slow the TTS)
+            while True:
+                tail = np.abs(stream.samples[mark:].astype(np.int32))
+                loud = np.flatnonzero(tail > stream.threshold)
+                if len(loud) and len(tail) - loud[0] >= 1.5 * stream.rate:
+                    break
+                await trio.sleep(0.05)
         await post_events(client, s, {"type": "response.cancel"})
         cut = await nth_done(events, 2)
         truncated = await events.wait_for("conversation.item.truncated")
