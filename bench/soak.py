@@ -25,10 +25,11 @@ interval, polled every second), fds, threads, and from ``/metrics``
 barge-ins, reconnects, churns and errors so far, the p99 stream gap of the interval and the
 CPU of the server, this client and every other process. At the end: the RSS slope (MB/h,
 least squares) of idle RSS at the checkpoints, and over the talking samples after the
-warm-up, of the sampled RSS and of its floor (the interval's minimum: transient decode
-buffers lift the peaks, a leak lifts the floor), in total and per session, the same for
-fds, threads and tasks, idle figures before and after, end of speech → first reply audio,
-chunk gaps, errors by class and event-id violations. The exit code is 1 when an RSS slope
+warm-up (over ``--block-s`` window means), of the sampled RSS and of its floor (the
+interval's minimum: transient decode buffers lift the peaks, a leak lifts the floor), in
+total and per session, the same for fds, threads and tasks, idle figures before and
+after, end of speech → first reply audio, chunk gaps, errors by class and event-id
+violations. The exit code is 1 when an RSS slope
 is over ``--max-rss-slope-mb-h`` by more than its noise (2 s.e.), or fds or tasks grow (see
 ``verdict``); 2 when no RSS slope is under the limit by more than its noise (the run was
 too short or too noisy to tell).
@@ -577,6 +578,27 @@ def fit(t_s: list[float], y: list[float]) -> tuple[float, float]:
     return float(slope), se
 
 
+def block_fit(t_s: list[float], y: list[float], block_s: float) -> tuple[float, float]:
+    """``fit`` over the means of ``block_s`` windows (with 4 or more windows; else ``fit``).
+
+    Talking RSS is not a line plus independent noise: it depends on which decodes happen to
+    be running when a sample is taken, and neighbouring samples share that, so a fit over
+    the raw samples understates the error (runs 5 and 6 disagreed far beyond their
+    per-sample errors). Window means are close to independent.
+    """
+    t = np.asarray(t_s, float)
+    v = np.asarray(y, float)
+    if len(t) == 0:
+        return math.nan, math.nan
+    edges = np.arange(t.min(), t.max() + block_s, block_s)
+    blocks = [(t >= a) & (t < a + block_s) for a in edges]
+    means = [(t[b].mean(), v[b].mean()) for b in blocks if b.sum() >= 3]
+    if len(means) < 4:
+        return fit(t_s, y)
+    bt, bv = zip(*means, strict=True)
+    return fit(list(bt), list(bv))
+
+
 def summarise(soak: Soak, sampler: Sampler, idle: tuple[dict, dict], wall: float) -> dict:
     args = soak.args
     warmup = args.warmup_s if args.warmup_s is not None else min(300.0, 0.2 * args.duration_s)
@@ -585,7 +607,8 @@ def summarise(soak: Soak, sampler: Sampler, idle: tuple[dict, dict], wall: float
     series = {}
     for key in ("rss_mb", "rss_min_mb", "fds", "threads", "tasks"):
         v = [float(s[key]) for s in kept]
-        slope, se = fit(t, v)
+        rss = key.startswith("rss")
+        slope, se = block_fit(t, v, args.block_s) if rss else fit(t, v)
         series[key] = {
             "min": min(v) if v else math.nan,
             "max": max(v) if v else math.nan,
@@ -856,6 +879,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=12.0,
         help="idle this long before an idle snapshot (over the server's 10 s trim interval)",
+    )
+    p.add_argument(
+        "--block-s", type=float, default=600.0, help="talking RSS is fitted over these windows"
     )
     p.add_argument("--max-rss-slope-mb-h", type=float, default=20.0)
     p.add_argument("--max-fd-growth", type=float, default=4.0, help="fitted, and idle after")
