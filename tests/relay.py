@@ -56,6 +56,7 @@ class Connection:
     down: int = 0
     cut: str | None = None  # why it was cut, if it was
     request: bytes = b""  # the latest request line seen
+    requests: list[bytes] = field(default_factory=list)  # every request line, in order
 
     def armed(self) -> bool:
         return self.fault.only is None or self.fault.only in self.request
@@ -122,6 +123,7 @@ class Relay:
         lines = REQUEST_LINE.findall(data)
         if lines:
             conn.request = lines[-1]
+            conn.requests.extend(lines)
         cut = conn.fault.cut_up_at
         if cut is not None and conn.up + len(data) >= cut and conn.armed():
             keep = max(0, cut - conn.up)
