@@ -71,10 +71,9 @@ async def trim_periodically(
 
     ``interval_s <= 0`` or a libc without ``malloc_trim`` means off: the task returns.
     """
-    if interval_s <= 0 or (trim is malloc_trim and _LIBC is None):
-        task_status.started()
-        return
     task_status.started()
+    if interval_s <= 0 or (trim is malloc_trim and _LIBC is None):
+        return
     while True:
         await trio.sleep(interval_s)
         released = await trio.to_thread.run_sync(trim)

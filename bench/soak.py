@@ -599,6 +599,20 @@ def block_fit(t_s: list[float], y: list[float], block_s: float) -> tuple[float, 
     return fit(list(bt), list(bv))
 
 
+def describe(t: list[float], v: list[float], fitted: tuple[float, float]) -> dict:
+    """A series' range, ends and fitted slope (``fitted``: slope per hour, its s.e.)."""
+    slope, se = fitted
+    return {
+        "min": min(v) if v else math.nan,
+        "max": max(v) if v else math.nan,
+        "first": v[0] if v else math.nan,
+        "last": v[-1] if v else math.nan,
+        "slope_per_h": slope,
+        "slope_se": se,
+        "growth": slope * (t[-1] - t[0]) / 3600 if len(t) >= 3 else math.nan,
+    }
+
+
 def summarise(soak: Soak, sampler: Sampler, idle: tuple[dict, dict], wall: float) -> dict:
     args = soak.args
     warmup = args.warmup_s if args.warmup_s is not None else min(300.0, 0.2 * args.duration_s)
@@ -608,16 +622,7 @@ def summarise(soak: Soak, sampler: Sampler, idle: tuple[dict, dict], wall: float
     for key in ("rss_mb", "rss_min_mb", "fds", "threads", "tasks"):
         v = [float(s[key]) for s in kept]
         rss = key.startswith("rss")
-        slope, se = block_fit(t, v, args.block_s) if rss else fit(t, v)
-        series[key] = {
-            "min": min(v) if v else math.nan,
-            "max": max(v) if v else math.nan,
-            "first": v[0] if v else math.nan,
-            "last": v[-1] if v else math.nan,
-            "slope_per_h": slope,
-            "slope_se": se,
-            "growth": slope * (t[-1] - t[0]) / 3600 if len(t) >= 3 else math.nan,
-        }
+        series[key] = describe(t, v, block_fit(t, v, args.block_s) if rss else fit(t, v))
     gaps = np.concatenate(soak.gaps) if soak.gaps else np.zeros(0)
     lat = [x.latency * 1000 for x in soak.turns]
     answered = [x for x in lat if math.isfinite(x)]
@@ -632,24 +637,14 @@ def summarise(soak: Soak, sampler: Sampler, idle: tuple[dict, dict], wall: float
     # Idle RSS at the quiet checkpoints and at the end (all after a trim), by time and by
     # sessions created.
     points = [*sampler.idle, *([{**after, "t": wall, "lives": soak.lives}] if after else [])]
-    idle_slope, idle_se = fit([p["t"] for p in points], [p["rss_mb"] for p in points])
+    idle_t, idle_rss = [p["t"] for p in points], [p["rss_mb"] for p in points]
     lives = np.asarray([p["lives"] for p in points], float)
     per_life_kb = (
-        1024 * float(np.polyfit(lives, [p["rss_mb"] for p in points], 1)[0])
+        1024 * float(np.polyfit(lives, idle_rss, 1)[0])
         if len(points) >= 3 and np.ptp(lives) > 0
         else math.nan
     )
-    series["idle_rss_mb"] = {
-        "min": min((p["rss_mb"] for p in points), default=math.nan),
-        "max": max((p["rss_mb"] for p in points), default=math.nan),
-        "first": points[0]["rss_mb"] if points else math.nan,
-        "last": points[-1]["rss_mb"] if points else math.nan,
-        "slope_per_h": idle_slope,
-        "slope_se": idle_se,
-        "growth": idle_slope * (points[-1]["t"] - points[0]["t"]) / 3600
-        if len(points) >= 3
-        else math.nan,
-    }
+    series["idle_rss_mb"] = describe(idle_t, idle_rss, fit(idle_t, idle_rss))
     return {
         "warmup_s": warmup,
         "samples_kept": len(kept),
