@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]" -e clients/python
+	# pipecat-ai only for its Smart Turn v3.2 weights (models/smart_turn.py): no deps,
+	# never imported (its own dependencies are huge)
+	$(PY) -m pip install --quiet --no-deps "pipecat-ai==1.14.0"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -55,6 +55,7 @@ class ServerConfig:
     vad_model: str = ""
     stt_model: str = ""
     tts_voice: str = ""
+    turn_model: str = ""  # Smart Turn v3.2 ONNX (default: in the pipecat-ai wheel)
     stt_threads: int = 2
     tts_threads: int = 1
     # STT and TTS calls running at once (one per core: more only oversubscribes the CPU)
@@ -116,6 +117,7 @@ class ServerConfig:
             vad=Path(self.vad_model) if self.vad_model else None,
             stt=Path(self.stt_model) if self.stt_model else None,
             tts=Path(self.tts_voice) if self.tts_voice else None,
+            turn=Path(self.turn_model) if self.turn_model else None,
             stt_threads=self.stt_threads,
             tts_threads=self.tts_threads,
             # one more than the limiter: an abandoned partial decode may still be running

@@ -15,6 +15,7 @@ import numpy as np
 from models._errors import LOAD_ERRORS, ModelError
 from models.responders import EchoResponder, NoResponder, Responder, ResponseRequest
 from models.sentences import SentenceCutter
+from models.smart_turn import SmartTurn
 from models.stt import WhisperStt
 from models.tts import PiperTts
 from models.vad import FRAME_SAMPLES, SileroVad, VadState
@@ -30,6 +31,7 @@ __all__ = [
     "ResponseRequest",
     "SentenceCutter",
     "SileroVad",
+    "SmartTurn",
     "VadState",
     "WhisperStt",
     "load_models",
@@ -43,6 +45,7 @@ class ModelPaths:
     vad: Path | None = None
     stt: Path | None = None
     tts: Path | None = None
+    turn: Path | None = None
     stt_threads: int = 2
     tts_threads: int = 1
     stt_workers: int = 2
@@ -53,6 +56,7 @@ class ModelSet:
     vad: SileroVad
     stt: WhisperStt
     tts: PiperTts
+    turn: SmartTurn
 
 
 _cache: dict[ModelPaths, ModelSet] = {}
@@ -60,7 +64,7 @@ _lock = threading.Lock()
 
 
 def load_models(paths: ModelPaths) -> ModelSet:
-    """Load (once per process) and warm the three models. Blocking: run it in a thread.
+    """Load (once per process) and warm the four models. Blocking: run it in a thread.
 
     The first inference of each model is slow (allocations, phonemizer start-up); doing one
     here keeps that cost off the first user turn.
@@ -80,7 +84,9 @@ def _load(paths: ModelPaths) -> ModelSet:
     vad = SileroVad(paths.vad)
     stt = WhisperStt(paths.stt, threads=paths.stt_threads, workers=paths.stt_workers)
     tts = PiperTts(paths.tts, threads=paths.tts_threads)
+    turn = SmartTurn(paths.turn)
     vad.prob(VadState(), np.zeros(FRAME_SAMPLES, np.int16))
     tts.synthesize("Hello there.")
     stt.transcribe(np.zeros(16000, np.int16))
-    return ModelSet(vad, stt, tts)
+    turn.predict(np.zeros(16000, np.int16))
+    return ModelSet(vad, stt, tts, turn)
