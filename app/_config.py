@@ -64,7 +64,13 @@ class ServerConfig:
     # turn taking
     vad_min_speech_ms: int = 250
     speculative_pause_ms: int = 64
-    partial_interval_ms: int = 500
+    # partial transcripts: one decode of the turn so far every this many ms of speech
+    partial_interval_ms: int = 200
+    # semantic_vad: the first end-of-turn check at a pause this long (re-checked later)
+    turn_check_pause_ms: int = 160
+    # speech during a reply this long is a barge-in whatever it says (shorter: the words
+    # decide; a backchannel or no words resumes the reply)
+    interrupt_confirm_ms: int = 700
     max_turn_s: float = 30.0
     utterance_queue: int = 4
     turn_queue: int = 4
@@ -151,17 +157,32 @@ class ServerConfig:
         return cls(**values)
 
 
+TURN_DETECTION_TYPES = ("server_vad", "semantic_vad")
+EAGERNESS = ("low", "medium", "high", "auto")
+
+
 @dataclass(frozen=True, slots=True)
 class TurnDetection:
-    """Server VAD settings (OpenAI Realtime names)."""
+    """Turn detection settings (OpenAI Realtime names).
+
+    ``server_vad`` ends a turn after ``silence_duration_ms``; ``semantic_vad`` judges at
+    each short pause whether the user has finished (docs/architecture.md), with
+    ``eagerness`` bounding the wait; the silence window applies when it is unsure.
+    """
 
     type: str = "server_vad"
     threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
+    eagerness: str = "auto"
+    create_response: bool = True
+    interrupt_response: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.type == "server_vad":
+            del data["eagerness"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +256,13 @@ def _turn_detection(value: object, base: TurnDetection | None) -> TurnDetection 
     for key, v in value.items():
         param = f"turn_detection.{key}"
         if key == "type":
-            out[key] = _choice(v, param, ("server_vad",))
+            out[key] = _choice(v, param, TURN_DETECTION_TYPES)
+        elif key == "eagerness":
+            out[key] = _choice(v, param, EAGERNESS)
+        elif key in ("create_response", "interrupt_response"):
+            if not isinstance(v, bool):
+                raise _bad(param, f"{param} must be a boolean")
+            out[key] = v
         elif key == "threshold":
             out[key] = _number(v, param, 0.0, 1.0)
         elif key == "prefix_padding_ms":

@@ -82,3 +82,8 @@ class Metrics:
         self.barge_ins = Counter(
             "voxwire_barge_ins", "Responses interrupted by the user speaking", registry=r
         )
+        self.false_interruptions = Counter(
+            "voxwire_false_interruptions",
+            "Replies paused by speech that was not a turn, then resumed",
+            registry=r,
+        )

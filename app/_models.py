@@ -33,6 +33,8 @@ class ModelHub:
         self.paths = paths
         self.limiter = trio.CapacityLimiter(concurrency)
         self.vad_limiter = trio.CapacityLimiter(2)
+        # end-of-turn checks decide when a reply starts: never behind a decode either
+        self.turn_limiter = trio.CapacityLimiter(1)
         self._metrics = metrics
         self._models: ModelSet | None = None
         self.error: str | None = None

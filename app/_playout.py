@@ -7,6 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import trio
 
 from audio import Pacer, PlayoutBuffer, Samples, pcm16_bytes, streaming_wav_header
@@ -82,6 +83,7 @@ class Playout:
         # The current response's cursor (see mark()): what of it reached a reader, and when.
         self.cursor_played = 0
         self.cursor_first_at: float | None = None
+        self.paused = False  # speech during a reply: silence, the queue kept
 
     @property
     def queued_samples(self) -> int:
@@ -115,6 +117,15 @@ class Playout:
         self._space.set()
         self._space = trio.Event()
         return dropped
+
+    def pause(self) -> None:
+        """Play silence from the next frame on, keeping what is queued (see resume)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Carry on with the queued audio where :meth:`pause` stopped it."""
+        self.paused = False
+        self._poke()
 
     def mark(self) -> None:
         """Start counting a new response's audio from here (buffer assumed empty)."""
@@ -204,7 +215,10 @@ class Playout:
                     # rather than burst the backlog.
                     self._metrics.stream_underruns.inc()
                     pacer = Pacer(trio.current_time() + self.lead_s, self.frame_s, self.lead_s)
-                frame, real = self._buffer.pull(self.frame_samples)
+                if self.paused:
+                    frame, real = np.zeros(self.frame_samples, np.int16), 0
+                else:
+                    frame, real = self._buffer.pull(self.frame_samples)
                 if real:
                     self._space.set()
                     self._space = trio.Event()

@@ -14,7 +14,15 @@ from app._config import ServerConfig, SessionConfig, validate_session_config
 from app._conversation import Conversation, Item
 from app._errors import ApiError
 from app._events import EventLog
-from app._pipeline import FRAME_SAMPLES, PIPELINE_RATE, Control, Frame, Pipeline, new_item_id
+from app._pipeline import (
+    FRAME_SAMPLES,
+    PIPELINE_RATE,
+    Control,
+    Deps,
+    Frame,
+    Pipeline,
+    new_item_id,
+)
 from app._playout import Playout, StreamStart
 from audio import AudioChunk, Framer, PcmDecoder, StreamResampler
 
@@ -102,16 +110,18 @@ class Session:
         )
         self.latest_frame: str | None = None  # data URL of the last upload_frame
         self.pipeline = Pipeline(
-            events=self.events,
-            playout=self.playout,
-            hub=hub,
-            server=server,
-            metrics=metrics,
-            config=lambda: self.config,
-            on_turn=self._count_turn,
-            conversation=Conversation(server.max_history_items),
-            responders=responders,
-            take_frame=self.take_frame,
+            Deps(
+                events=self.events,
+                playout=self.playout,
+                hub=hub,
+                server=server,
+                metrics=metrics,
+                config=lambda: self.config,
+                conversation=Conversation(server.max_history_items),
+                responders=responders,
+                take_frame=self.take_frame,
+                on_turn=self._count_turn,
+            )
         )
         self._upload_lock = trio.Lock()
         self._decoder: PcmDecoder | None = None
@@ -189,7 +199,7 @@ class Session:
                 "uploads": s.uploads,
                 "throttled": s.throttled,
                 "turns": s.turns,
-                "responding": self.pipeline.response is not None,
+                "responding": self.pipeline.responding,
                 "streaming": self.playout.has_reader,
                 "next_sequence": self._next_sequence,
             },

@@ -44,9 +44,11 @@ class Patience:
     ``p`` is the audio model's P(turn complete) at the pause, the verdict comes from the
     words of the speculative transcript. Finished when the words end a sentence and the
     audio agrees (``p >= finished_p``), or the audio is near certain and the words do not
-    object (``p >= audio_only_p``); unfinished when the words leave a clause open, or the
-    audio is near certain the user goes on (``p < unfinished_p``) and the words do not
-    end a sentence. Otherwise unsure: the silence window decides, as under ``server_vad``.
+    object (``p >= audio_only_p``); likely finished when the words end a sentence but the
+    audio doubts it (Smart Turn scores many finished questions and long flat sentences
+    low): a short silence window (``likely_wait_ms``); unfinished when the words leave a
+    clause open, or the audio is near certain the user goes on (``p < unfinished_p``) and
+    the words do not end a sentence. Otherwise unsure: the session's silence window.
     """
 
     finished_p: float
@@ -54,12 +56,13 @@ class Patience:
     unfinished_p: float
     unsure_wait_ms: int | None  # None: the session's silence_duration_ms
     max_wait_ms: int  # a confident "unfinished" waits up to this
+    likely_wait_ms: int  # finished words, doubtful audio: a shorter silence window
 
 
 PATIENCE: dict[str, Patience] = {
-    "high": Patience(0.3, 0.8, 0.05, 300, 800),
-    "medium": Patience(0.5, 0.9, 0.1, None, 2000),
-    "low": Patience(0.7, 0.97, 0.15, 800, 3000),
+    "high": Patience(0.3, 0.8, 0.05, 300, 800, 160),
+    "medium": Patience(0.5, 0.9, 0.1, None, 2000, 250),
+    "low": Patience(0.7, 0.97, 0.15, 800, 3000, 400),
 }
 PATIENCE["auto"] = PATIENCE["medium"]
 
@@ -226,6 +229,7 @@ class _Pause:
     next_check: int = 0  # pause length (samples) of the next check
     checks_in_flight: int = 0
     wait: int = 0  # pause length that ends the turn
+    decided: bool = False  # both signals are in (or the silence window rules)
 
 
 class TurnMachine:
@@ -472,7 +476,8 @@ class TurnMachine:
                 pause.checks_in_flight += 1
                 pause.next_check = int(pause.next_check * s.recheck_factor)
                 events.append(CheckTurn(self.turn, pause.start, self.position))
-            if length >= pause.wait and pause.checks_in_flight == 0 and pause.p is not None:
+            # the silence window ends the turn only once both signals have been heard
+            if length >= pause.wait and pause.decided:
                 events += self._force_end("silence")
             elif length >= self._samples(s.patience.max_wait_ms):
                 events += self._force_end("silence")
@@ -536,14 +541,17 @@ class TurnMachine:
         if s.mode != "semantic_vad" or pause.p is None or pause.words is None:
             return []
         verdict = judge(pause.p, pause.words.verdict, s.patience)
+        pause.decided = True
         if verdict == "finished":
             return self._force_end("semantic")
         if verdict == "unfinished":
             pause.wait = self._samples(s.patience.max_wait_ms)
+        elif verdict == "likely":
+            pause.wait = self._samples(s.patience.likely_wait_ms)
         else:
             unsure = s.patience.unsure_wait_ms
             pause.wait = self._samples(s.silence_duration_ms if unsure is None else unsure)
-        if self.position - pause.start >= pause.wait and pause.checks_in_flight == 0:
+        if self.position - pause.start >= pause.wait:
             return self._force_end("silence")
         return []
 
@@ -603,13 +611,15 @@ class TurnMachine:
 
 
 def judge(p: float, verdict: TextVerdict, patience: Patience) -> str:
-    """``finished``, ``unfinished`` or ``unsure`` (see :class:`Patience`)."""
+    """``finished``, ``likely``, ``unfinished`` or ``unsure`` (see :class:`Patience`)."""
     if verdict == "unfinished":
         return "unfinished"
     if verdict == "finished" and p >= patience.finished_p:
         return "finished"
     if p >= patience.audio_only_p:
         return "finished"
-    if verdict != "finished" and p < patience.unfinished_p:
+    if verdict == "finished":
+        return "likely"
+    if p < patience.unfinished_p:
         return "unfinished"
     return "unsure"

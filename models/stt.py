@@ -43,7 +43,10 @@ NO_SPEECH_THRESHOLD = 0.6
 LOG_PROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
 
-Window = Literal["sized", "full"]
+Window = Literal["sized", "full", "auto"]
+# "auto": below this the 30 s window (a short window too often loops or garbles a short
+# command, bench/wer.py); above it the sized window matches it
+SHORT_SAMPLES = 3 * SAMPLE_RATE
 
 
 def default_model_path() -> Path:
@@ -98,7 +101,11 @@ class WhisperStt:
             return ""
         audio = samples.astype(np.float32) / 32768.0
         try:
-            if window == "full" or len(samples) > (FULL_FRAMES - MARGIN_FRAMES) * HOP:
+            if (
+                window == "full"
+                or len(samples) > (FULL_FRAMES - MARGIN_FRAMES) * HOP
+                or (window == "auto" and len(samples) < SHORT_SAMPLES)
+            ):
                 return self._transcribe_full(audio)
             return self._transcribe_sized(audio)
         except INFERENCE_ERRORS as exc:
@@ -114,14 +121,16 @@ class WhisperStt:
             ctranslate2.StorageView.from_array(features),
             [self._prompt],
             beam_size=1,
-            max_length=len(self._prompt) + max_tokens,
+            # (CTranslate2 stops at about half of max_length new tokens here, measured:
+            # a tight bound silently drops the last words)
+            max_length=min(448, 2 * (len(self._prompt) + max_tokens) + 8),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=[-1],
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
-        text = self._tokenizer.decode(tokens).strip()
+        text: str = self._tokenizer.decode(tokens).strip()
         # faster-whisper's filters: a window of no speech, or a repetition loop
         # (scores are per token: length_penalty 1)
         avg_log_prob = result.scores[0] * len(tokens) / (len(tokens) + 1)
@@ -129,7 +138,7 @@ class WhisperStt:
             return ""
         if text and _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
             return self._transcribe_full(audio)
-        return text
+        return trim_repeat(text)
 
     def _transcribe_full(self, audio: npt.NDArray[np.float32]) -> str:
         segments, _info = self._model.transcribe(
@@ -143,7 +152,21 @@ class WhisperStt:
             # continuation when the audio ends mid-word.
             suppress_blank=True,
         )
-        return " ".join(s.text.strip() for s in segments).strip()
+        return str(" ".join(s.text.strip() for s in segments).strip())
+
+
+def trim_repeat(text: str) -> str:
+    """Drop a restart of the text at its end ("Turn it off. Turn it"): when a short window
+    ends, Whisper sometimes begins the utterance again instead of ending it."""
+    words = text.split()
+    norm = [w.lower().strip(".,!?;:") for w in words]
+    for i in range(1, len(words)):
+        if not words[i - 1].endswith((".", "!", "?", ",")) or len(words) - i > i:
+            continue
+        tail = norm[i:]
+        if tail and tail == norm[: len(tail)]:
+            return " ".join(words[:i]).rstrip(",")
+    return text
 
 
 def _compression_ratio(text: str) -> float:

@@ -1,0 +1,568 @@
+"""The listen stage: turn taking and transcription, one owner task.
+
+The task owns the session's :class:`audio.turn_taking.TurnMachine` (the turn's audio, the
+turn decisions) and carries out what it returns: it emits the input events, starts the
+work the machine asks for (partial, speculative and final decodes, turn checks, the echo's
+first clause) as child tasks, and feeds their results back in. Results come back on the
+task's own input channel, in order with the frames, so nothing here is shared between
+tasks: a worker gets a copy of the audio and sends one frozen result.
+
+Decodes are keyed by the turn and the pause they were asked for; the machine ignores a
+stale one (speech resumed, the turn was cleared), and a stale worker is cancelled.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import trio
+
+from app._conversation import Item
+from app.stages.messages import PIPELINE_RATE, Control, Int16, Scored, UserTurn, new_item_id
+from app.stages.respond import first_clause
+from audio.turn_taking import (
+    CancelResponse,
+    CheckTurn,
+    CommitEmpty,
+    PauseEnded,
+    PausePlayout,
+    PauseStarted,
+    ResumePlayout,
+    TurnDiscarded,
+    TurnEnded,
+    TurnEvent,
+    TurnMachine,
+    TurnSettings,
+    TurnStarted,
+    Words,
+)
+from models import ModelError
+from models.stt import Window
+from models.turn_text import TextTurn, has_words, is_backchannel, text_turn
+
+if TYPE_CHECKING:
+    from app._config import SessionConfig
+    from app.stages.deps import Deps
+    from app.stages.respond import Responses
+
+log = logging.getLogger(__name__)
+
+ARRIVALS_KEPT = 1024  # frames (32 s) whose arrival time can be looked up
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    kind: Literal["partial", "speculative", "final"]
+    turn: int
+    key: int  # the pause (speculative), the end (final), the position (partial)
+    text: str | None  # None: the decode failed
+    error: ModelError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    turn: int
+    pause: int
+    until: int
+    p: float | None  # None: the check failed
+
+
+@dataclass(frozen=True, slots=True)
+class _Prefetched:
+    turn: int
+    pause: int
+    clause: str
+    pcm: Int16
+
+
+@dataclass(frozen=True, slots=True)
+class _UpstreamEnded:
+    """The VAD stage closed its channel (private: the pump's last word)."""
+
+
+_Input = Scored | Control | _Decoded | _Checked | _Prefetched | _UpstreamEnded
+
+
+@dataclass(slots=True)
+class _Final:
+    """A committed turn on its way to its final transcript (results arrive in order)."""
+
+    turn: int
+    item_id: str
+    end_sample: int
+    speech_end_at: float
+    stopped_at: float
+    interrupting: bool
+    text: str | None = None
+    failed: ModelError | None = None
+    prefetched: tuple[str, Int16] | None = None
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    @property
+    def ready(self) -> bool:
+        return self.text is not None or self.failed is not None
+
+
+def words_of(text: str) -> Words:
+    verdict = text_turn(text)
+    name: Literal["finished", "unfinished", "unknown"] = (
+        "finished"
+        if verdict is TextTurn.FINISHED
+        else "unfinished"
+        if verdict is TextTurn.UNFINISHED
+        else "unknown"
+    )
+    return Words(name, has_words=has_words(text), backchannel=is_backchannel(text))
+
+
+def new_partial_words(emitted: list[str], hypothesis: str) -> list[str]:
+    """Words of ``hypothesis`` past those already emitted, if it agrees with them.
+
+    Partial deltas cannot be taken back: when a re-decode revises words already sent, no
+    delta is emitted until the final transcript (which is authoritative).
+    """
+    words = hypothesis.removesuffix("...").split()
+
+    def norm(word: str) -> str:
+        return word.lower().strip(".,!?;:\"'…")
+
+    n = len(emitted)
+    if len(words) <= n or [norm(w) for w in words[:n]] != [norm(w) for w in emitted]:
+        return []
+    return words[n:]
+
+
+def turn_settings(config: SessionConfig, deps: Deps) -> TurnSettings:
+    server = deps.server
+    td = config.turn_detection
+    common = {
+        "min_speech_ms": server.vad_min_speech_ms,
+        "speculative_pause_ms": server.speculative_pause_ms,
+        "check_pause_ms": server.turn_check_pause_ms,
+        "max_turn_ms": int(server.max_turn_s * 1000),
+        "interrupt_confirm_ms": server.interrupt_confirm_ms,
+    }
+    if td is None:
+        return TurnSettings(mode=None, **common)  # type: ignore[arg-type]
+    return TurnSettings(
+        mode=td.type,  # type: ignore[arg-type]
+        threshold=td.threshold,
+        prefix_padding_ms=td.prefix_padding_ms,
+        silence_duration_ms=td.silence_duration_ms,
+        eagerness=td.eagerness,  # type: ignore[arg-type]
+        interrupt_response=td.interrupt_response,
+        **common,
+    )
+
+
+async def run(
+    frames: trio.MemoryReceiveChannel[Scored | Control],
+    turns: trio.MemorySendChannel[UserTurn],
+    responses: Responses,
+    deps: Deps,
+) -> None:
+    """Take turns from ``frames`` and send each transcribed one to ``turns``.
+
+    Ends when ``frames`` ends; its workers are cancelled then.
+    """
+    send, receive = trio.open_memory_channel[_Input](deps.server.frame_queue_frames)
+    async with turns, trio.open_nursery() as nursery:
+        nursery.start_soon(_pump, frames, send.clone())
+        listener = _Listener(deps, responses, turns, send, nursery)
+        async with send, receive:
+            async for message in receive:
+                if isinstance(message, _UpstreamEnded):
+                    break
+                await listener.handle(message)
+        nursery.cancel_scope.cancel()
+
+
+async def _pump(
+    frames: trio.MemoryReceiveChannel[Scored | Control], out: trio.MemorySendChannel[_Input]
+) -> None:
+    async with frames, out:
+        async for item in frames:
+            await out.send(item)
+        await out.send(_UpstreamEnded())
+
+
+class _Listener:
+    """The owner task's state; only :func:`run`'s task calls it."""
+
+    def __init__(
+        self,
+        deps: Deps,
+        responses: Responses,
+        turns: trio.MemorySendChannel[UserTurn],
+        results: trio.MemorySendChannel[_Input],
+        nursery: trio.Nursery,
+    ) -> None:
+        self._deps = deps
+        self._responses = responses
+        self._turns = turns
+        self._results = results
+        self._nursery = nursery
+        self._config = deps.config()
+        self._machine = TurnMachine(turn_settings(self._config, deps), PIPELINE_RATE)
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)
+        self._item_id: str | None = None
+        self._finals: deque[_Final] = deque()
+        # work for the turn in progress, by pause
+        self._spec: dict[int, str] = {}
+        self._prefetch: dict[int, tuple[str, Int16]] = {}
+        self._scopes: dict[tuple[str, int], trio.CancelScope] = {}
+        # partial transcripts of the turn in progress
+        self._partial_scope: trio.CancelScope | None = None
+        self._emitted: list[str] = []
+        self._next_partial = 0
+        self._tail = PIPELINE_RATE * deps.server.speculative_pause_ms // 1000
+
+    # -- input ------------------------------------------------------------------------
+
+    async def handle(self, message: _Input) -> None:
+        m = self._machine
+        config = self._deps.config()
+        if config is not self._config:
+            self._config = config
+            await self._carry_out(m.configure(turn_settings(config, self._deps)))
+        replying = self._responses.statistics().active
+        events: list[TurnEvent]
+        if isinstance(message, Scored):
+            frame = message.frame
+            self._arrivals.append((frame.start, frame.arrived))
+            events = m.feed(frame.samples, message.prob, replying=replying)
+            await self._carry_out(events)
+            self._maybe_partial()
+        elif isinstance(message, Control):
+            events = m.commit(replying=replying) if message.kind == "commit" else m.clear()
+            await self._carry_out(events)
+        elif isinstance(message, _Decoded):
+            await self._decoded(message)
+        elif isinstance(message, _Checked):
+            self._scopes.pop(("check", message.until), None)
+            log.debug("turn check %s at %d: p=%s", message.turn, message.until, message.p)
+            if message.p is not None:
+                await self._carry_out(m.checked(message.turn, message.pause, message.p))
+        elif isinstance(message, _Prefetched):
+            if message.turn == m.turn:
+                self._prefetch[message.pause] = (message.clause, message.pcm)
+            for final in self._finals:
+                if final.turn == message.turn and final.end_sample == message.pause:
+                    final.prefetched = (message.clause, message.pcm)
+
+    async def _carry_out(self, events: list[TurnEvent]) -> None:
+        deps = self._deps
+        for event in events:
+            match event:
+                case TurnStarted():
+                    self._new_turn()
+                    assert self._item_id is not None
+                    deps.events.emit(
+                        "input_audio_buffer.speech_started",
+                        item_id=self._item_id,
+                        audio_start_ms=event.audio_start_ms,
+                    )
+                case PauseStarted():
+                    self._cancel_partial()
+                    audio = self._machine.audio(event.until_sample)
+                    self._start("speculative", event.turn, event.pause, audio)
+                case PauseEnded():
+                    # only this pause's work can be in flight: earlier ones ended too
+                    for scope in self._scopes.values():
+                        scope.cancel()
+                    self._scopes.clear()
+                    self._spec.pop(event.pause, None)
+                    self._prefetch.pop(event.pause, None)
+                case CheckTurn():
+                    self._check(event)
+                case TurnEnded():
+                    await self._ended(event)
+                case TurnDiscarded():
+                    self._cancel_turn_work()
+                    self._item_id = None
+                case CommitEmpty():
+                    deps.error(
+                        "input_audio_buffer_commit_empty",
+                        "input_audio_buffer.commit: no audio has been received since the last turn",
+                        error_type="invalid_request_error",
+                    )
+                case PausePlayout():
+                    self._responses.pause()
+                case ResumePlayout():
+                    self._responses.resume(event.reason)
+                case CancelResponse():
+                    self._responses.cancel("turn_detected")
+
+    # -- the turn in progress ---------------------------------------------------------
+
+    def _new_turn(self) -> None:
+        self._cancel_turn_work()
+        self._item_id = new_item_id()
+        self._emitted = []
+        self._next_partial = self._machine.position  # the first partial at once
+
+    def _cancel_turn_work(self) -> None:
+        self._cancel_partial()
+        for scope in self._scopes.values():
+            scope.cancel()
+        self._scopes.clear()
+        self._spec.clear()
+        self._prefetch.clear()
+
+    def _cancel_partial(self) -> None:
+        if self._partial_scope is not None:
+            self._partial_scope.cancel()
+            self._partial_scope = None
+
+    def _maybe_partial(self) -> None:
+        interval = PIPELINE_RATE * self._deps.server.partial_interval_ms // 1000
+        m = self._machine
+        if (
+            interval <= 0
+            or self._partial_scope is not None
+            or m.phase.name != "SPEAKING"
+            or m.position < self._next_partial
+        ):
+            return
+        # Until the first words appear, look again sooner.
+        self._next_partial = m.position + (interval if self._emitted else interval // 2)
+        self._partial_scope = trio.CancelScope()
+        self._nursery.start_soon(
+            self._decode, "partial", m.turn, m.position, m.audio(), self._partial_scope
+        )
+
+    def _start(self, kind: Literal["speculative"], turn: int, key: int, audio: Int16) -> None:
+        scope = trio.CancelScope()
+        self._scopes[(kind, key)] = scope
+        self._nursery.start_soon(self._decode, kind, turn, key, audio, scope)
+
+    def _check(self, event: CheckTurn) -> None:
+        model = self._deps.hub.models.turn
+        audio = self._machine.audio(event.until_sample)[-model.window_samples :]
+        scope = trio.CancelScope()
+        self._scopes[("check", event.until_sample)] = scope
+        self._nursery.start_soon(
+            self._turn_check, event.turn, event.pause, event.until_sample, audio, scope
+        )
+
+    # -- workers (child tasks: a copy of the audio in, one result out) ---------------
+
+    async def _decode(
+        self,
+        kind: Literal["partial", "speculative", "final"],
+        turn: int,
+        key: int,
+        audio: Int16,
+        scope: trio.CancelScope,
+    ) -> None:
+        hub = self._deps.hub
+        with scope:
+            try:
+                # partials favour speed; finals take the 30 s window for short turns
+                window: Window = "sized" if kind == "partial" else "auto"
+                text = await hub.infer(
+                    "stt",
+                    functools.partial(hub.models.stt.transcribe, window=window),
+                    audio,
+                    limiter=hub.limiter,
+                    # a partial must never delay the final that makes it stale
+                    abandon_on_cancel=kind == "partial",
+                )
+            except ModelError as exc:
+                await self._results.send(_Decoded(kind, turn, key, None, exc))
+                return
+            await self._results.send(_Decoded(kind, turn, key, text))
+
+    async def _turn_check(
+        self, turn: int, pause: int, until: int, audio: Int16, scope: trio.CancelScope
+    ) -> None:
+        hub = self._deps.hub
+        with scope:
+            try:
+                p: float | None = await hub.infer(
+                    "turn", hub.models.turn.predict, audio, limiter=hub.turn_limiter
+                )
+            except ModelError as exc:
+                log.warning("turn check failed: %s", exc)
+                p = None
+            await self._results.send(_Checked(turn, pause, until, p))
+
+    async def _synthesize_first(
+        self, turn: int, pause: int, clause: str, scope: trio.CancelScope
+    ) -> None:
+        """With ``echo`` the reply is known once the speculative transcript is: speak its
+        first clause now, while the pause is still being judged."""
+        hub = self._deps.hub
+        with scope:
+            try:
+                pcm = await hub.infer("tts", hub.models.tts.synthesize, clause, limiter=hub.limiter)
+            except ModelError as exc:
+                log.warning("speculative synthesis failed: %s", exc)
+                return
+            await self._results.send(_Prefetched(turn, pause, clause, pcm))
+
+    # -- results ----------------------------------------------------------------------
+
+    async def _decoded(self, result: _Decoded) -> None:
+        m = self._machine
+        if result.kind == "partial":
+            if self._partial_scope is not None and result.turn == m.turn:
+                self._partial_scope = None
+            if result.text and result.turn == m.turn and self._item_id is not None:
+                self._emit_partial(result.text)
+                await self._carry_out(m.heard(result.turn, words_of(result.text)))
+            elif result.error is not None:
+                log.warning("partial decode failed: %s", result.error)
+        elif result.kind == "speculative":
+            self._scopes.pop(("speculative", result.key), None)
+            if result.text is None:
+                log.warning("speculative decode failed: %s", result.error)
+                words = Words()  # unknown: the silence window decides
+            else:
+                words = words_of(result.text)
+                self._spec_ready(result.turn, result.key, result.text)
+            log.debug("speculative %s at %d: %r %s", result.turn, result.key, result.text, words)
+            await self._carry_out(m.transcribed(result.turn, result.key, words))
+        else:
+            for final in self._finals:
+                if final.turn == result.turn and final.end_sample == result.key:
+                    final.text = result.text
+                    final.failed = result.error
+        await self._flush_finals()
+
+    def _emit_partial(self, hypothesis: str) -> None:
+        new = new_partial_words(self._emitted, hypothesis)
+        if not new:
+            return
+        delta = " ".join(new)
+        self._deps.events.emit(
+            "conversation.item.input_audio_transcription.delta",
+            item_id=self._item_id,
+            content_index=0,
+            delta=(" " + delta) if self._emitted else delta,
+        )
+        self._emitted += new
+
+    def _spec_ready(self, turn: int, pause: int, text: str) -> None:
+        if turn == self._machine.turn:
+            self._spec[pause] = text
+        for final in self._finals:  # the turn ended while its decode ran
+            if final.turn == turn and final.end_sample == pause and not final.ready:
+                final.text = text
+                final.scope.cancel()
+        if self._deps.config().responder == "echo":
+            clause = first_clause(text)
+            if clause:
+                scope = trio.CancelScope()
+                self._scopes[("prefetch", pause)] = scope
+                self._nursery.start_soon(self._synthesize_first, turn, pause, clause, scope)
+
+    # -- the end of a turn ------------------------------------------------------------
+
+    def _arrived(self, sample: int) -> float:
+        """When the frame holding ``sample`` was taken from the upload."""
+        at = trio.current_time()
+        for start, arrived in reversed(self._arrivals):
+            at = arrived
+            if start <= sample:
+                break
+        return at
+
+    async def _ended(self, event: TurnEnded) -> None:
+        deps = self._deps
+        self._cancel_partial()
+        if self._item_id is None:  # push-to-talk: the turn shows itself at the commit
+            self._item_id = new_item_id()
+        now = trio.current_time()
+        final = _Final(
+            event.turn,
+            self._item_id,
+            event.end_sample,
+            speech_end_at=self._arrived(event.end_sample) if event.speech_ended else now,
+            stopped_at=now,
+            interrupting=event.interrupting,
+        )
+        if event.reason != "commit" or self._machine.settings.mode is not None:
+            deps.events.emit(
+                "input_audio_buffer.speech_stopped",
+                item_id=final.item_id,
+                audio_end_ms=event.audio_end_ms,
+            )
+        deps.events.emit(
+            "input_audio_buffer.committed", item_id=final.item_id, previous_item_id=None
+        )
+        deps.metrics.turns.inc()
+        deps.on_turn()
+        spec = self._spec.get(event.end_sample)
+        if spec is not None:
+            final.text = spec
+            final.prefetched = self._prefetch.get(event.end_sample)
+        else:
+            until = event.end_sample + self._tail if event.speech_ended else None
+            audio = self._machine.audio(until)
+            self._nursery.start_soon(
+                self._decode, "final", event.turn, event.end_sample, audio, final.scope
+            )
+        # what is in flight for this turn's pauses is now stale, except the first clause
+        prefetch = self._scopes.pop(("prefetch", event.end_sample), None)
+        self._cancel_turn_work()
+        if prefetch is not None:
+            self._scopes[("prefetch", event.end_sample)] = prefetch
+        self._item_id = None
+        self._machine.release_turn()
+        self._finals.append(final)
+        await self._flush_finals()
+
+    async def _flush_finals(self) -> None:
+        """Finish committed turns in order, as their transcripts arrive."""
+        deps = self._deps
+        while self._finals and self._finals[0].ready:
+            final = self._finals.popleft()
+            if final.failed is not None or final.text is None:
+                exc = final.failed or ModelError("stt", "no transcript")
+                deps.metrics.responses.labels("failed").inc()
+                deps.events.emit(
+                    "conversation.item.input_audio_transcription.failed",
+                    item_id=final.item_id,
+                    content_index=0,
+                    error=deps.model_error("stt", exc),
+                )
+                if final.interrupting:
+                    await self._carry_out(self._machine.final(final.turn, Words()))
+                continue
+            now = trio.current_time()
+            deps.metrics.turn_latency.labels("transcript").observe(now - final.speech_end_at)
+            deps.events.emit(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=final.item_id,
+                content_index=0,
+                transcript=final.text,
+            )
+            if final.interrupting:
+                decided = self._machine.final(final.turn, words_of(final.text))
+                await self._carry_out(decided)
+                if any(isinstance(e, TurnDiscarded) for e in decided):
+                    continue  # not a turn: the reply plays on
+            if not final.text:
+                continue
+            frame = deps.take_frame()
+            item = Item(final.item_id, "user", final.text, [frame] if frame else [])
+            deps.conversation.add(item)
+            deps.events.emit("conversation.item.created", item=item.describe())
+            prefetched = final.prefetched
+            if prefetched is not None and prefetched[0] != first_clause(final.text):
+                prefetched = None
+            await self._turns.send(
+                UserTurn(
+                    final.item_id,
+                    final.text,
+                    final.speech_end_at,
+                    final.stopped_at,
+                    now,
+                    prefetched,
+                )
+            )

@@ -1,0 +1,59 @@
+"""What flows between the stages: frozen values only, so no two tasks share a mutable object."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+PIPELINE_RATE = 16000  # VAD and STT run at 16 kHz
+FRAME_SAMPLES = 512  # one Silero VAD frame (32 ms)
+
+Int16 = np.ndarray[Any, np.dtype[np.int16]]
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(12)
+
+
+def new_item_id() -> str:
+    return new_id("item_")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """512 samples at 16 kHz; ``start`` counts samples since the session's first one."""
+
+    samples: Int16
+    start: int
+    arrived: float  # trio time the audio was taken from the upload
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """Client buffer events, carried in-band so they apply after the audio sent before them."""
+
+    kind: Literal["commit", "clear"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A frame and its speech probability (``None``: not scored, push-to-talk)."""
+
+    frame: Frame
+    prob: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserTurn:
+    """A committed, transcribed user turn (or a ``response.create``), for the responder."""
+
+    item_id: str
+    transcript: str
+    speech_end_at: float
+    stopped_at: float
+    transcript_at: float
+    prefetched: tuple[str, Int16] | None = None  # (first clause, its speech) for echo
+    instructions: str | None = None  # response.create's per-response instructions

@@ -1,0 +1,152 @@
+"""Turn taking end to end: semantic_vad, hesitations, false interruptions (real models, HTTP)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trio
+
+from tests import corpus
+from tests.conftest import create_session
+from tests.voice import Events, Stream, realtime_chunks, upload, wer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import httpx
+
+    from tests.conftest import SessionHandle
+
+SERVER_VAD = {"type": "server_vad", "silence_duration_ms": 500}
+SEMANTIC_VAD = {"type": "semantic_vad", "eagerness": "auto"}
+FINISHED = "Could you tell me what the weather will be like in the mountains this weekend?"
+REPLY = (
+    "Please read me the whole shopping list for the party on Saturday, including the "
+    "drinks, the snacks and the paper plates."
+)
+
+
+async def talk(
+    client: httpx.AsyncClient,
+    s: SessionHandle,
+    body: AsyncIterator[bytes],
+    *,
+    until: str = "response.done",
+    within: float = 40,
+) -> tuple[Events, Stream]:
+    events, stream = Events(), Stream()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(events.run, client, s)
+        nursery.start_soon(stream.run, client, s)
+        await events.wait_for("session.created")
+        nursery.start_soon(upload, client, s, body)
+        await events.wait_for(until, within=within)
+        await trio.sleep(0.3)
+        nursery.cancel_scope.cancel()
+    return events, stream
+
+
+def chunks(samples: np.ndarray, then_silence_s: float) -> AsyncIterator[bytes]:
+    return realtime_chunks(samples, chunk_ms=20, then_silence_s=then_silence_s)
+
+
+async def test_a_hesitation_stays_one_turn_under_semantic_vad_and_splits_under_server_vad(
+    client: httpx.AsyncClient,
+) -> None:
+    u = corpus.hesitation("piper", pause_s=0.8).padded(0.5, 0.0)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name, td in (("server", SERVER_VAD), ("semantic", SEMANTIC_VAD)):
+        s = await create_session(client, turn_detection=td, responder="none")
+        events = Events()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(events.run, client, s)
+            await events.wait_for("session.created")
+            await upload(client, s, chunks(u.samples, 3.0))
+            await trio.sleep(1.0)
+            nursery.cancel_scope.cancel()
+        results[name] = events.of("conversation.item.input_audio_transcription.completed")
+    assert len(results["server"]) == 2, results["server"]  # the material is hard
+    assert len(results["semantic"]) == 1, results["semantic"]
+    assert wer(u.text, results["semantic"][0]["transcript"]) <= 0.2, results["semantic"]
+
+
+async def test_a_finished_sentence_is_answered_sooner_under_semantic_vad(
+    client: httpx.AsyncClient,
+) -> None:
+    u = corpus.utterance(FINISHED, "piper").padded(0.5, 0.0)
+    detected: dict[str, int] = {}
+    for name, td in (("server", SERVER_VAD), ("semantic", SEMANTIC_VAD)):
+        s = await create_session(client, turn_detection=td)
+        events, stream = await talk(client, s, chunks(u.samples, 2.5 + u.speech_s))
+        done = events.of("response.done")[0]["response"]
+        assert done["status"] == "completed"
+        stopped = events.of("input_audio_buffer.speech_stopped")
+        assert len(stopped) == 1
+        assert abs(stopped[0]["audio_end_ms"] - u.offset / 16) <= 150
+        detected[name] = done["latency"]["turn_detected_ms"]
+        assert stream.first_audio.is_set()
+    # server_vad waits out its 500 ms window; semantic_vad commits at the first check
+    assert detected["server"] >= 450, detected
+    assert detected["semantic"] < detected["server"] - 100, detected
+
+
+async def test_a_backchannel_during_the_reply_pauses_it_and_it_resumes_whole(
+    client: httpx.AsyncClient,
+) -> None:
+    question = corpus.utterance(REPLY, "piper").padded(0.5, 0.0)
+    yeah = corpus.utterance("Yeah.", "piper")
+    yeah_voiced = yeah.samples[max(0, yeah.onset - 800) : yeah.offset + 800]
+
+    async def plain() -> AsyncIterator[bytes]:
+        async for chunk in chunks(question.samples, 12.0):
+            yield chunk
+
+    s = await create_session(client)
+    events, _ = await talk(client, s, plain())
+    reference = events.of("response.done")[0]["response"]
+    assert reference["status"] == "completed"
+
+    s = await create_session(client)
+    stream_ready = trio.Event()
+    events, stream = Events(), Stream()
+    silence = np.zeros(320, np.int16).tobytes()
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in chunks(question.samples, 0.2):
+            yield chunk
+        await stream_ready.wait()
+        async for chunk in chunks(np.zeros(16000 * 1, np.int16), 0.0):  # 1 s into the reply
+            yield chunk
+        async for chunk in chunks(yeah_voiced, 0.0):
+            yield chunk
+        for _ in range(int(12 / 0.02)):
+            yield silence
+            await trio.sleep(0.02)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(events.run, client, s)
+        nursery.start_soon(stream.run, client, s)
+        await events.wait_for("session.created")
+        nursery.start_soon(upload, client, s, body())
+        await stream.first_audio.wait()
+        stream_ready.set()
+        await events.wait_for("response.done", within=40)
+        await trio.sleep(0.3)
+        nursery.cancel_scope.cancel()
+
+    types = events.types()
+    assert "output_audio_buffer.paused" in types, types
+    resumed = events.of("output_audio_buffer.resumed")
+    assert resumed and resumed[0]["reason"] in ("backchannel", "too_short", "no_words"), types
+    done = events.of("response.done")
+    assert [d["response"]["status"] for d in done] == ["completed"]
+    assert not events.of("conversation.item.truncated")
+    # nothing lost, nothing repeated: the reply played as long as without the interruption
+    played = done[0]["response"]["audio_ms"]
+    assert abs(played - reference["audio_ms"]) <= 40, (played, reference["audio_ms"])
+    nonzero = int(np.count_nonzero(stream.samples))
+    assert nonzero / 16 <= played + 40
+    assert nonzero / 16 >= played * 0.9
+    # ... and the playout really stopped for a while
+    assert "input_audio_buffer.speech_started" in types or resumed[0]["reason"] == "too_short"
