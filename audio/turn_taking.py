@@ -192,6 +192,12 @@ class Words:
     verdict: TextVerdict = "unknown"
     has_words: bool = False
     backchannel: bool = False
+    count: int = 0  # words in it
+
+
+# A partial decides a pending barge-in early only with this many words: a decode of the
+# first half second of speech may invent a word or two.
+BARGE_IN_PARTIAL_WORDS = 3
 
 
 # -- the machine ------------------------------------------------------------------------
@@ -245,6 +251,7 @@ class TurnMachine:
         self._pending_settings: TurnSettings | None = None
         self._chunks: list[Int16] = []
         self._start = 0  # absolute sample of the turn's first held sample
+        self._voice_start = 0  # where the turn's speech began (after the padding)
         self._held = 0
         self._ring: list[tuple[int, Int16]] = []
         self._pause: _Pause | None = None
@@ -428,8 +435,8 @@ class TurnMachine:
             events += self._pause_grew()
         if (
             self.interruption is Interruption.PENDING
-            and self.phase in (Phase.SPEAKING, Phase.PAUSED)
-            and self._held >= self._samples(s.prefix_padding_ms + s.interrupt_confirm_ms)
+            and self.phase is Phase.SPEAKING  # a pause does not make it longer
+            and self.position - self._voice_start >= self._samples(s.interrupt_confirm_ms)
         ):
             events += self._barge_in()
         return events
@@ -452,6 +459,7 @@ class TurnMachine:
                 events.append(PausePlayout())
         self._go(Phase.SPEAKING)
         self._begin_turn(event.start_sample)
+        self._voice_start = event.start_sample + self._samples(self._settings.prefix_padding_ms)
         if self.interruption is Interruption.PAUSED:
             self.interruption = Interruption.PENDING
         elif replying and self._settings.interrupt_response:
@@ -512,6 +520,8 @@ class TurnMachine:
     def heard(self, turn: int, words: Words) -> list[TurnEvent]:
         """A partial transcript of the turn in progress (decides a pending barge-in early)."""
         if turn != self.turn or self.phase not in (Phase.SPEAKING, Phase.PAUSED):
+            return []
+        if words.count < BARGE_IN_PARTIAL_WORDS:
             return []
         return self._interruption_words(words)
 

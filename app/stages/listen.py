@@ -41,11 +41,11 @@ from audio.turn_taking import (
     Words,
 )
 from models import ModelError
-from models.stt import Window
 from models.turn_text import TextTurn, has_words, is_backchannel, text_turn
 
 if TYPE_CHECKING:
     from app._config import SessionConfig
+    from models.stt import Window
     from app.stages.deps import Deps
     from app.stages.respond import Responses
 
@@ -116,7 +116,12 @@ def words_of(text: str) -> Words:
         if verdict is TextTurn.UNFINISHED
         else "unknown"
     )
-    return Words(name, has_words=has_words(text), backchannel=is_backchannel(text))
+    return Words(
+        name,
+        has_words=has_words(text),
+        backchannel=is_backchannel(text),
+        count=len(text.split()),
+    )
 
 
 def new_partial_words(emitted: list[str], hypothesis: str) -> list[str]:
@@ -257,6 +262,7 @@ class _Listener:
     async def _carry_out(self, events: list[TurnEvent]) -> None:
         deps = self._deps
         for event in events:
+            log.debug("turn event %s", event)
             match event:
                 case TurnStarted():
                     self._new_turn()

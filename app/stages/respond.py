@@ -8,6 +8,7 @@ playout, and :meth:`Responses.resume` carries on where it stopped.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,9 @@ from models.sentences import ClauseCutter
 
 if TYPE_CHECKING:
     from app.stages.deps import Deps
+
+
+log = logging.getLogger(__name__)
 
 
 def first_clause(text: str) -> str:
@@ -98,6 +102,7 @@ class Responses:
         if r is None or self._paused:
             return
         self._paused = True
+        log.debug("reply %s paused", r.id)
         self._deps.playout.pause()
         self._deps.events.emit(
             "output_audio_buffer.paused", response_id=r.id, item_id=r.item_id, reason="speech"
@@ -110,6 +115,7 @@ class Responses:
         self._paused = False
         self._deps.playout.resume()
         r = self._current
+        log.debug("reply resumed: %s", reason)
         if r is not None:
             self._deps.metrics.false_interruptions.inc()
             self._deps.events.emit(
