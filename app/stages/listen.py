@@ -45,9 +45,9 @@ from models.turn_text import TextTurn, has_words, is_backchannel, text_turn
 
 if TYPE_CHECKING:
     from app._config import SessionConfig
-    from models.stt import Window
     from app.stages.deps import Deps
     from app.stages.respond import Responses
+    from models.stt import Window
 
 log = logging.getLogger(__name__)
 
