@@ -416,6 +416,7 @@ class _Listener:
     async def _decoded(self, result: _Decoded) -> None:
         m = self._machine
         if result.kind == "partial":
+            log.debug("partial %s at %d: %r", result.turn, result.key, result.text)
             if self._partial_scope is not None and result.turn == m.turn:
                 self._partial_scope = None
             if result.text and result.turn == m.turn and self._item_id is not None:
