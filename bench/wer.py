@@ -6,7 +6,9 @@ in this process and transcribes every utterance of the speech corpus (tests/corp
 noise at 22 dB SNR; plus the 10 short commands) twice, back to back in alternating order:
 
 - ``window="full"``: faster-whisper's own path, every decode padded to 30 s (the old one);
-- ``window="sized"``: the log-mel window fitted to the audio (the server's default).
+- ``window="sized"``: the log-mel window fitted to the audio (what partials use);
+- ``window="auto"``, when models/stt.py has it: what the server's final transcripts use
+  (the 30 s window for short audio, the sized one otherwise).
 
 Each utterance is padded like the turn the pipeline hands to STT: 300 ms before the
 speech (``prefix_padding_ms``) and 500 ms after it (the silence window); the noise runs
@@ -32,6 +34,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 from _common import ROOT
@@ -39,10 +42,10 @@ from _common import ROOT
 sys.path.insert(0, str(ROOT))
 
 from audio import StreamResampler
-from models.stt import WhisperStt, window_frames
+from models.stt import WhisperStt, Window, window_frames
 from tests import corpus
 
-WINDOWS = ("full", "sized")
+WINDOWS: tuple[str, ...] = ("full", "sized", *(("auto",) if "auto" in get_args(Window) else ()))
 LEAD_S, TAIL_S = 0.3, 0.5
 
 
@@ -82,7 +85,7 @@ def run_set(
 ) -> None:
     for i, u in enumerate(utterances):
         padded = u.padded(LEAD_S, TAIL_S, seed=i)
-        order = WINDOWS if i % 2 == 0 else WINDOWS[::-1]
+        order = WINDOWS[i % len(WINDOWS) :] + WINDOWS[: i % len(WINDOWS)]  # rotate
         transcript, ms, edits = {}, {}, {}
         for window in order:
             transcript[window], ms[window] = decode(stt, padded.samples, window)
@@ -124,18 +127,17 @@ def wer_table(results: list[Result], voices: tuple[str, ...]) -> None:
             t.words += r.words
             for w in WINDOWS:
                 t.edits[w] += r.edits[w]
-    print("| voice | noise | utterances | words | WER full (30 s) | WER sized |")
-    print("|---|---|---:|---:|---:|---:|")
+    heads = " | ".join(f"WER {w}" + (" (30 s)" if w == "full" else "") for w in WINDOWS)
+    print(f"| voice | noise | utterances | words | {heads} |")
+    print("|---|---|---:|---:|" + "---:|" * len(WINDOWS))
     for v in (*voices, "all"):
         for noise in ("clean", "noisy", "all"):
             t = tallies.get((v, noise))
             if t is None or t.n == 0:
                 continue
             label = f"**{v}**" if v == "all" and noise == "all" else v
-            print(
-                f"| {label} | {noise} | {t.n} | {t.words} | {t.wer('full'):.1%} | "
-                f"{t.wer('sized'):.1%} |"
-            )
+            cells = " | ".join(f"{t.wer(w):.1%}" for w in WINDOWS)
+            print(f"| {label} | {noise} | {t.n} | {t.words} | {cells} |")
 
 
 def time_table(results: list[Result]) -> None:
@@ -148,33 +150,35 @@ def time_table(results: list[Result]) -> None:
             f"{max(ms):.0f} ms |"
         )
     full = np.array([r.ms["full"] for r in results])
-    sized = np.array([r.ms["sized"] for r in results])
-    mean_ratio = full.mean() / sized.mean()
-    p50_ratio = np.median(full) / np.median(sized)
-    each = np.percentile(full / sized, [5, 50, 95])
-    print(
-        f"full / sized: mean {mean_ratio:.2f}x, p50 {p50_ratio:.2f}x; per utterance "
-        f"p50 {each[1]:.2f}x (p5 {each[0]:.2f}x, p95 {each[2]:.2f}x)"
-    )
+    for w in WINDOWS[1:]:
+        other = np.array([r.ms[w] for r in results])
+        each = np.percentile(full / other, [5, 50, 95])
+        print(
+            f"full / {w}: mean {full.mean() / other.mean():.2f}x, p50 "
+            f"{np.median(full) / np.median(other):.2f}x; per utterance p50 {each[1]:.2f}x "
+            f"(p5 {each[0]:.2f}x, p95 {each[2]:.2f}x)"
+        )
     frames = sorted({r.frames for r in results})
     print(f"sized windows used (mel frames): {', '.join(map(str, frames))} of 3000")
 
 
 def differences(results: list[Result], limit: int) -> None:
-    differ = [r for r in results if r.transcript["full"] != r.transcript["sized"]]
-    worse = sum(r.edits["sized"] > r.edits["full"] for r in results)
-    better = sum(r.edits["sized"] < r.edits["full"] for r in results)
-    print(
-        f"transcripts differ in {len(differ)}/{len(results)} utterances; sized has more word "
-        f"errors in {worse}, fewer in {better}"
-    )
-    shown = sorted(differ, key=lambda r: r.edits["full"] - r.edits["sized"])[:limit]
-    for r in shown:
-        print(f"  [{r.label}] ref:   {r.text}")
-        print(f"  {' ' * len(r.label)}   full:  {r.transcript['full']}  ({r.edits['full']} edits)")
+    for w in WINDOWS[1:]:
+        differ = [r for r in results if r.transcript["full"] != r.transcript[w]]
+        worse = sum(r.edits[w] > r.edits["full"] for r in results)
+        better = sum(r.edits[w] < r.edits["full"] for r in results)
         print(
-            f"  {' ' * len(r.label)}   sized: {r.transcript['sized']}  ({r.edits['sized']} edits)"
+            f"{w} vs full: transcripts differ in {len(differ)}/{len(results)} utterances; "
+            f"{w} has more word errors in {worse}, fewer in {better}"
         )
+    shown = sorted(results, key=lambda r: r.edits["full"] - r.edits["sized"])[:limit]
+    for r in shown:
+        if r.edits["sized"] <= r.edits["full"]:
+            break
+        pad = " " * len(r.label)
+        print(f"  [{r.label}] ref:   {r.text}")
+        for w in WINDOWS:
+            print(f"  {pad}   {w + ':':6} {r.transcript[w]}  ({r.edits[w]} edits)")
 
 
 # -- audio shipped in site-packages -------------------------------------------------------
@@ -210,13 +214,26 @@ def site_packages(stt: WhisperStt) -> None:
             continue
         padded = np.concatenate([np.zeros(int(LEAD_S * 16000), np.int16), samples])
         heard = {w: decode(stt, padded, w)[0] for w in WINDOWS}
-        print(
-            f"  {rel} ({len(samples) / 16000:.2f} s): full {heard['full']!r}, "
-            f"sized {heard['sized']!r}"
-        )
+        said = ", ".join(f"{w} {t!r}" for w, t in heard.items())
+        print(f"  {rel} ({len(samples) / 16000:.2f} s): {said}")
+
+
+def stt_version() -> str:
+    """The commit models/stt.py was last changed in, and whether the working copy differs."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        run = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False)
+        return run.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    last = git("log", "-1", "--format=%h", "--", "models/stt.py")
+    dirty = git("status", "--porcelain", "--", "models/stt.py")
+    return f"HEAD {head}, last changed in {last}" + (" + uncommitted edits" if dirty else "")
 
 
 def main() -> None:
+    global WINDOWS  # one run, one set of windows
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--voices", default="", help="comma-separated; default all available")
     parser.add_argument("--sentences", type=int, default=len(corpus.CONVERSATIONAL))
@@ -225,7 +242,12 @@ def main() -> None:
     parser.add_argument("--no-commands", action="store_true", help="skip the short commands")
     parser.add_argument("--show", type=int, default=6, help="differing transcripts to print")
     parser.add_argument("--json", type=Path, help="write every result here")
+    parser.add_argument("--windows", default=",".join(WINDOWS), help="of " + ",".join(WINDOWS))
     args = parser.parse_args()
+    WINDOWS = tuple(w for w in args.windows.split(",") if w)
+    if WINDOWS[0] != "full":
+        parser.error("--windows must start with full (the reference)")
+    print(f"models/stt.py: {stt_version()}; windows {', '.join(WINDOWS)}")
 
     voices = tuple(args.voices.split(",")) if args.voices else corpus.available_voices()
     missing = [v.name for v in corpus.VOICES if v.name not in corpus.available_voices()]
@@ -260,7 +282,7 @@ def main() -> None:
     conv_results = list(results)
     run_set(stt, "commands", cmds, results)
     cmd_results = results[len(conv_results) :]
-    print(f"decoded {2 * len(results)} times in {time.perf_counter() - t0:.0f} s")
+    print(f"decoded {len(WINDOWS) * len(results)} times in {time.perf_counter() - t0:.0f} s")
 
     speech = [r.seconds for r in conv_results]
     print(
