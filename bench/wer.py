@@ -20,7 +20,7 @@ whatever else runs: compare the two columns of one run, not runs).
 It also transcribes any audio files shipped inside .venv's site-packages (real recordings
 are what a corpus of synthetic voices lacks) and prints what both windows heard.
 
-    .venv/bin/python bench/wer.py                       # everything (~6 min)
+    .venv/bin/python bench/wer.py                       # 600 utterances x 3 windows (~14 min)
     .venv/bin/python bench/wer.py --sentences 10 --voices piper,espeak-us
     .venv/bin/python bench/wer.py --noise-db none --no-commands --json wer.json
 """
@@ -132,12 +132,12 @@ def wer_table(results: list[Result], voices: tuple[str, ...]) -> None:
     print("|---|---|---:|---:|" + "---:|" * len(WINDOWS))
     for v in (*voices, "all"):
         for noise in ("clean", "noisy", "all"):
-            t = tallies.get((v, noise))
-            if t is None or t.n == 0:
+            row = tallies.get((v, noise))
+            if row is None or row.n == 0:
                 continue
             label = f"**{v}**" if v == "all" and noise == "all" else v
-            cells = " | ".join(f"{t.wer(w):.1%}" for w in WINDOWS)
-            print(f"| {label} | {noise} | {t.n} | {t.words} | {cells} |")
+            cells = " | ".join(f"{row.wer(w):.1%}" for w in WINDOWS)
+            print(f"| {label} | {noise} | {row.n} | {row.words} | {cells} |")
 
 
 def time_table(results: list[Result]) -> None:
