@@ -86,13 +86,18 @@ class WhisperStt:
         )
         self._prompt = self._model.get_prompt(self._tokenizer, [], without_timestamps=True)
 
-    def transcribe(self, samples: npt.NDArray[np.int16], *, window: Window = "sized") -> str:
+    def transcribe(
+        self, samples: npt.NDArray[np.int16], *, window: Window = "sized", retry: bool = True
+    ) -> str:
         """Text of ``samples`` (16 kHz int16 mono); empty when nothing was said.
 
         Args:
             samples: the utterance.
             window: ``"sized"`` (the mel window fitted to the audio) or ``"full"``
                 (faster-whisper's 30 s window, the slower reference).
+            retry: when a sized decode loops (a short window sometimes makes Whisper
+                start over), decode again on the 30 s window; without it (partials, where
+                time matters more than one result) return nothing.
 
         Raises:
             ModelError: decoding failed.
@@ -107,11 +112,11 @@ class WhisperStt:
                 or (window == "auto" and len(samples) < SHORT_SAMPLES)
             ):
                 return self._transcribe_full(audio)
-            return self._transcribe_sized(audio)
+            return self._transcribe_sized(audio, retry=retry)
         except INFERENCE_ERRORS as exc:
             raise ModelError("stt", str(exc)) from exc
 
-    def _transcribe_sized(self, audio: npt.NDArray[np.float32]) -> str:
+    def _transcribe_sized(self, audio: npt.NDArray[np.float32], *, retry: bool) -> str:
         frames = window_frames(len(audio))
         mel = self._features(audio, padding=0)[:, :frames]
         features = np.zeros((1, mel.shape[0], frames), np.float32)
@@ -137,7 +142,7 @@ class WhisperStt:
         if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_log_prob < LOG_PROB_THRESHOLD:
             return ""
         if text and _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
-            return self._transcribe_full(audio)
+            return self._transcribe_full(audio) if retry else ""
         return trim_repeat(text)
 
     def _transcribe_full(self, audio: npt.NDArray[np.float32]) -> str:

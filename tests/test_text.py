@@ -318,3 +318,21 @@ def test_no_piece_is_longer_than_its_budget(text: str, limits: dict[str, int]) -
 def test_after_the_first_piece_the_pieces_are_sentences(text: str) -> None:
     pieces = clauses(text, max_words=1000)
     assert cut_all([" ".join(pieces[1:])]) == pieces[1:]
+
+
+def test_windowed_partials_line_up_on_the_last_words_sent() -> None:
+    from app.stages.listen import windowed_partial_words
+
+    sent = ["Hi,", "I", "was", "wondering"]
+    # the window starts mid-utterance (its first word may be garbled)
+    assert windowed_partial_words(sent, "ink I was wondering if you could") == [
+        "if",
+        "you",
+        "could",
+    ]
+    assert windowed_partial_words(sent, "I was wondering, if you") == ["if", "you"]
+    # no anchor: nothing (a revision waits for the final transcript)
+    assert windowed_partial_words(sent, "I was thinking if you") == []
+    assert windowed_partial_words([], "Hello there") == ["Hello", "there"]
+    # the latest match wins: the window's end is the newest audio
+    assert windowed_partial_words(["the", "list"], "the list and the list too") == ["too"]

@@ -13,6 +13,7 @@ stale one (speech resumed, the turn was cleared), and a stale worker is cancelle
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import trio
 
 from app._conversation import Item
 from app.stages.messages import PIPELINE_RATE, Control, Int16, Scored, UserTurn, new_item_id
-from app.stages.respond import first_clause
+from app.stages.respond import cutter, first_clause
 from audio.turn_taking import (
     CancelResponse,
     CheckTurn,
@@ -50,6 +51,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ARRIVALS_KEPT = 1024  # frames (32 s) whose arrival time can be looked up
+# A partial decodes at most the last this many samples of the turn: its cost stays that of
+# a short window however long the turn grows, so the CPU is free for the speculative final
+# when the pause comes. The words are lined up with those already sent.
+PARTIAL_WINDOW = 3 * PIPELINE_RATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +105,14 @@ class _Final:
     prefetched: tuple[str, Int16] | None = None
     # the first clause is being synthesized: waiting for it is sooner than starting over
     prefetch_pending: bool = False
+    # echo: the first clause of the partial transcript, spoken while the user still talked
+    early_clause: str | None = None
+    early: tuple[str, Int16] | None = None
+    early_pending: bool = False
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
-    @property
-    def ready(self) -> bool:
-        if self.failed is not None:
-            return True
-        return self.text is not None and not self.prefetch_pending
+    announced: bool = False  # its transcript event went out
+    transcript_at: float = 0.0
 
 
 def words_of(text: str) -> Words:
@@ -141,6 +147,36 @@ def new_partial_words(emitted: list[str], hypothesis: str) -> list[str]:
     if len(words) <= n or [norm(w) for w in words[:n]] != [norm(w) for w in emitted]:
         return []
     return words[n:]
+
+
+EARLY_TRIES = 3  # first-clause syntheses per turn from partials, at most
+EARLY = -1  # the "pause" key of the first clause spoken from the partial transcript
+
+
+def same_words(a: str, b: str) -> bool:
+    """The same words, whatever the case and punctuation."""
+    return bool(a) and [_norm(w) for w in a.split()] == [_norm(w) for w in b.split()]
+
+
+def _norm(word: str) -> str:
+    return word.lower().strip(".,!?;:\"'…")
+
+
+def windowed_partial_words(emitted: list[str], hypothesis: str, overlap: int = 2) -> list[str]:
+    """Words of ``hypothesis`` (a decode of the turn's last seconds only) past those already
+    emitted: the last ``overlap`` emitted words must appear in it, and what follows them is
+    new. Without such an anchor nothing is emitted (the final transcript is authoritative).
+    """
+    words = hypothesis.removesuffix("...").split()
+    if not emitted:
+        return words
+    k = min(overlap, len(emitted))
+    anchor = [_norm(w) for w in emitted[-k:]]
+    normed = [_norm(w) for w in words]
+    for j in range(len(normed) - k, -1, -1):  # the latest match: the window's end is newest
+        if normed[j : j + k] == anchor:
+            return words[j + k :]
+    return []
 
 
 def turn_settings(config: SessionConfig, deps: Deps) -> TurnSettings:
@@ -224,6 +260,11 @@ class _Listener:
         self._scopes: dict[tuple[str, int], trio.CancelScope] = {}
         # partial transcripts of the turn in progress
         self._partial_scope: trio.CancelScope | None = None
+        self._partial_windowed = False
+        self._early_scope: trio.CancelScope | None = None
+        self._early: tuple[str, Int16] | None = None
+        self._early_clause: str | None = None
+        self._early_tries = 0
         self._emitted: list[str] = []
         self._next_partial = 0
         self._tail = PIPELINE_RATE * deps.server.speculative_pause_ms // 1000
@@ -255,14 +296,21 @@ class _Listener:
             if message.p is not None:
                 await self._carry_out(m.checked(message.turn, message.pause, message.p))
         elif isinstance(message, _Prefetched):
-            self._scopes.pop(("prefetch", message.pause), None)
             done = None if message.pcm is None else (message.clause, message.pcm)
-            if message.turn == m.turn and done is not None:
-                self._prefetch[message.pause] = done
-            for final in self._finals:
-                if final.turn == message.turn and final.end_sample == message.pause:
-                    final.prefetched = done
-                    final.prefetch_pending = False
+            if message.pause == EARLY:
+                if message.turn == m.turn and message.clause == self._early_clause:
+                    self._early_scope, self._early = None, done
+                for final in self._finals:
+                    if final.turn == message.turn and message.clause == final.early_clause:
+                        final.early, final.early_pending = done, False
+            else:
+                self._scopes.pop(("prefetch", message.pause), None)
+                if message.turn == m.turn and done is not None:
+                    self._prefetch[message.pause] = done
+                for final in self._finals:
+                    if final.turn == message.turn and final.end_sample == message.pause:
+                        final.prefetched = done
+                        final.prefetch_pending = False
             await self._flush_finals()
 
     async def _carry_out(self, events: list[TurnEvent]) -> None:
@@ -319,6 +367,10 @@ class _Listener:
 
     def _cancel_turn_work(self) -> None:
         self._cancel_partial()
+        if self._early_scope is not None:
+            self._early_scope.cancel()
+        self._early_scope, self._early, self._early_clause = None, None, None
+        self._early_tries = 0
         for scope in self._scopes.values():
             scope.cancel()
         self._scopes.clear()
@@ -343,8 +395,15 @@ class _Listener:
         # Until the first words appear, look again sooner.
         self._next_partial = m.position + (interval if self._emitted else interval // 2)
         self._partial_scope = trio.CancelScope()
+        audio = m.audio()
+        self._partial_windowed = len(audio) > PARTIAL_WINDOW
         self._nursery.start_soon(
-            self._decode, "partial", m.turn, m.position, m.audio(), self._partial_scope
+            self._decode,
+            "partial",
+            m.turn,
+            m.position,
+            audio[-PARTIAL_WINDOW:],
+            self._partial_scope,
         )
 
     def _start(self, kind: Literal["speculative"], turn: int, key: int, audio: Int16) -> None:
@@ -378,7 +437,7 @@ class _Listener:
                 # conversational speech, +0.8 points on short commands, 2.5-4x faster)
                 text = await hub.infer(
                     "stt",
-                    hub.models.stt.transcribe,
+                    functools.partial(hub.models.stt.transcribe, retry=kind != "partial"),
                     audio,
                     limiter=hub.limiter,
                     # a partial must never delay the final that makes it stale
@@ -426,8 +485,14 @@ class _Listener:
             log.debug("partial %s at %d: %r", result.turn, result.key, result.text)
             if self._partial_scope is not None and result.turn == m.turn:
                 self._partial_scope = None
+                # the next one counted from the end of this decode: the CPU stays partly
+                # free for the speculative final, whenever the pause comes
+                interval = PIPELINE_RATE * self._deps.server.partial_interval_ms // 1000
+                self._next_partial = m.position + (interval if self._emitted else interval // 2)
             if result.text and result.turn == m.turn and self._item_id is not None:
                 self._emit_partial(result.text)
+                if not self._partial_windowed:
+                    self._speak_early(result.text)
                 await self._carry_out(m.heard(result.turn, words_of(result.text)))
             elif result.error is not None:
                 log.warning("partial decode failed: %s", result.error)
@@ -449,7 +514,10 @@ class _Listener:
         await self._flush_finals()
 
     def _emit_partial(self, hypothesis: str) -> None:
-        new = new_partial_words(self._emitted, hypothesis)
+        if self._partial_windowed:
+            new = windowed_partial_words(self._emitted, hypothesis)
+        else:
+            new = new_partial_words(self._emitted, hypothesis)
         if not new:
             return
         delta = " ".join(new)
@@ -461,11 +529,28 @@ class _Listener:
         )
         self._emitted += new
 
+    def _speak_early(self, hypothesis: str) -> None:
+        """Echo: the first clause of the reply is that of the user's words, complete once
+        something follows it in a partial: speak it now, again if a later partial differs."""
+        if self._deps.config().responder != "echo" or self._early_tries >= EARLY_TRIES:
+            return
+        pieces = cutter().feed(hypothesis)
+        if not pieces or same_words(pieces[0], self._early_clause or ""):
+            return
+        if self._early_scope is not None:
+            self._early_scope.cancel()
+        self._early_tries += 1
+        self._early_clause, self._early = pieces[0], None
+        self._early_scope = trio.CancelScope()
+        self._nursery.start_soon(
+            self._synthesize_first, self._machine.turn, EARLY, pieces[0], self._early_scope
+        )
+
     def _spec_ready(self, turn: int, pause: int, text: str) -> None:
         if turn == self._machine.turn:
             self._spec[pause] = text
         for final in self._finals:  # the turn ended while its decode ran
-            if final.turn == turn and final.end_sample == pause and not final.ready:
+            if final.turn == turn and final.end_sample == pause and final.text is None:
                 final.text = text
                 final.scope.cancel()
                 return  # the reply is due now: its own synthesis is as soon
@@ -524,6 +609,9 @@ class _Listener:
             )
         # what is in flight for this turn's pauses is now stale, except the first clause
         prefetch = self._scopes.pop(("prefetch", event.end_sample), None)
+        final.early_clause, final.early = self._early_clause, self._early
+        final.early_pending = self._early_scope is not None and not event.interrupting
+        self._early_scope = None  # (the final's now)
         self._cancel_turn_work()
         if prefetch is not None:  # (owned by the final now: a new turn must not cancel it)
             # (a pending barge-in is decided by its words first: no waiting on speech)
@@ -534,51 +622,76 @@ class _Listener:
         await self._flush_finals()
 
     async def _flush_finals(self) -> None:
-        """Finish committed turns in order, as their transcripts arrive."""
+        """Finish committed turns in order: announce each transcript as soon as it is in,
+        hand the turn to the responder once its first clause is (or will not be) spoken."""
         deps = self._deps
-        while self._finals and self._finals[0].ready:
-            final = self._finals.popleft()
-            if final.failed is not None or final.text is None:
-                exc = final.failed or ModelError("stt", "no transcript")
-                deps.metrics.responses.labels("failed").inc()
+        while self._finals:
+            final = self._finals[0]
+            if not final.announced:
+                if final.failed is None and final.text is None:
+                    return  # its decode is still running
+                if final.failed is not None or final.text is None:
+                    self._finals.popleft()
+                    exc = final.failed or ModelError("stt", "no transcript")
+                    deps.metrics.responses.labels("failed").inc()
+                    deps.events.emit(
+                        "conversation.item.input_audio_transcription.failed",
+                        item_id=final.item_id,
+                        content_index=0,
+                        error=deps.model_error("stt", exc),
+                    )
+                    if final.interrupting:
+                        await self._carry_out(self._machine.final(final.turn, Words()))
+                    continue
+                final.announced = True
+                final.transcript_at = trio.current_time()
+                deps.metrics.turn_latency.labels("transcript").observe(
+                    final.transcript_at - final.speech_end_at
+                )
                 deps.events.emit(
-                    "conversation.item.input_audio_transcription.failed",
+                    "conversation.item.input_audio_transcription.completed",
                     item_id=final.item_id,
                     content_index=0,
-                    error=deps.model_error("stt", exc),
+                    transcript=final.text,
                 )
                 if final.interrupting:
-                    await self._carry_out(self._machine.final(final.turn, Words()))
-                continue
-            now = trio.current_time()
-            deps.metrics.turn_latency.labels("transcript").observe(now - final.speech_end_at)
-            deps.events.emit(
-                "conversation.item.input_audio_transcription.completed",
-                item_id=final.item_id,
-                content_index=0,
-                transcript=final.text,
+                    decided = self._machine.final(final.turn, words_of(final.text))
+                    await self._carry_out(decided)
+                    if any(isinstance(e, TurnDiscarded) for e in decided):
+                        self._finals.popleft()
+                        continue  # not a turn: the reply plays on
+                if not final.text:
+                    self._finals.popleft()
+                    continue
+                frame = deps.take_frame()
+                item = Item(final.item_id, "user", final.text, [frame] if frame else [])
+                deps.conversation.add(item)
+                deps.events.emit("conversation.item.created", item=item.describe())
+            assert final.text is not None
+            first = first_clause(final.text)
+            ready = [c for c in (final.early, final.prefetched) if c and same_words(c[0], first)]
+            if not ready and (
+                final.prefetch_pending
+                or (final.early_pending and same_words(final.early_clause or "", first))
+            ):
+                return
+            self._finals.popleft()
+            log.debug(
+                "turn %s to the responder: first clause %r, early %r (%s), at pause %s",
+                final.turn,
+                first,
+                final.early_clause,
+                "ready" if final.early else "pending" if final.early_pending else "none",
+                "ready" if final.prefetched else "none",
             )
-            if final.interrupting:
-                decided = self._machine.final(final.turn, words_of(final.text))
-                await self._carry_out(decided)
-                if any(isinstance(e, TurnDiscarded) for e in decided):
-                    continue  # not a turn: the reply plays on
-            if not final.text:
-                continue
-            frame = deps.take_frame()
-            item = Item(final.item_id, "user", final.text, [frame] if frame else [])
-            deps.conversation.add(item)
-            deps.events.emit("conversation.item.created", item=item.describe())
-            prefetched = final.prefetched
-            if prefetched is not None and prefetched[0] != first_clause(final.text):
-                prefetched = None
+            prefetched = (first, ready[0][1]) if ready else None
             await self._turns.send(
                 UserTurn(
                     final.item_id,
                     final.text,
                     final.speech_end_at,
                     final.stopped_at,
-                    now,
+                    final.transcript_at,
                     prefetched,
                 )
             )
