@@ -111,8 +111,8 @@ class WhisperStt:
                 or len(samples) > (FULL_FRAMES - MARGIN_FRAMES) * HOP
                 or (window == "auto" and len(samples) < SHORT_SAMPLES)
             ):
-                return self._transcribe_full(audio)
-            return self._transcribe_sized(audio, retry=retry)
+                return trim_repeat(self._transcribe_full(audio))
+            return trim_repeat(self._transcribe_sized(audio, retry=retry))
         except INFERENCE_ERRORS as exc:
             raise ModelError("stt", str(exc)) from exc
 
@@ -143,7 +143,7 @@ class WhisperStt:
             return ""
         if text and _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
             return self._transcribe_full(audio) if retry else ""
-        return trim_repeat(text)
+        return text
 
     def _transcribe_full(self, audio: npt.NDArray[np.float32]) -> str:
         segments, _info = self._model.transcribe(
@@ -163,13 +163,21 @@ class WhisperStt:
 def trim_repeat(text: str) -> str:
     """Drop a restart of the text at its end ("Turn it off. Turn it"): when a short window
     ends, Whisper sometimes begins the utterance again instead of ending it."""
+    while True:
+        shorter = _trim_once(text)
+        if shorter == text:
+            return text
+        text = shorter
+
+
+def _trim_once(text: str) -> str:
     words = text.split()
     norm = [w.lower().strip(".,!?;:") for w in words]
     for i in range(1, len(words)):
         if not words[i - 1].endswith((".", "!", "?", ",")) or len(words) - i > i:
             continue
         tail = norm[i:]
-        if tail and tail == norm[: len(tail)]:
+        if len(tail) >= 2 and tail == norm[: len(tail)]:  # ("No, no." is speech)
             return " ".join(words[:i]).rstrip(",")
     return text
 
