@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 SERVER_VAD = {"type": "server_vad", "silence_duration_ms": 500}
 SEMANTIC_VAD = {"type": "semantic_vad", "eagerness": "auto"}
-FINISHED = "Could you tell me what the weather will be like in the mountains this weekend?"
+# A plain statement: its words end a sentence and Smart Turn hears a finished one (P ~0.98)
+FINISHED = "We are having some friends over for dinner on Saturday."
 REPLY = (
     "Please read me the whole shopping list for the party on Saturday, including the "
     "drinks, the snacks and the paper plates."
