@@ -147,20 +147,16 @@ async def test_a_backchannel_during_the_reply_pauses_it_and_it_resumes_whole(
     done = events.of("response.done")
     assert [d["response"]["status"] for d in done] == ["completed"]
     assert not events.of("conversation.item.truncated")
-    # Nothing lost, nothing repeated: the stream carried one reply whose length, less the
-    # paused stretch, is exactly what the server counts as played, and that is the whole
-    # reply (as long as the uninterrupted one when the echo said the same words; Piper
-    # varies a little from one synthesis to the next).
+    # Nothing lost, nothing repeated: all the reply's audio was played, and the stream
+    # carried one reply whose length, less the paused stretch, is exactly that.
     played = done[0]["response"]["audio_ms"]
+    assert abs(played - done[0]["response"]["audio_queued_ms"]) <= 20, done[0]["response"]
     spans = reply_spans(stream.samples, 16000, gap_s=3.0)
     assert len(spans) == 1, spans
     a, b = spans[0]
     gap = paused_samples(stream.samples[a:b])
     assert gap >= 1600, "the playout paused for at least 100 ms"
     assert abs((b - a - gap) / 16 - played) <= 40, ((b - a - gap) / 16, played)
-    said = done[0]["response"]["output"][0]["content"][0]["transcript"]
-    if said == reference["output"][0]["content"][0]["transcript"]:
-        assert abs(played - reference["audio_ms"]) <= 0.1 * reference["audio_ms"], (
-            played,
-            reference["audio_ms"],
-        )
+    # (and about as long as the uninterrupted reply: Piper's length varies by some percent
+    # from one synthesis to the next)
+    assert abs(played - reference["audio_ms"]) <= 0.25 * reference["audio_ms"]

@@ -65,6 +65,7 @@ class _Response:
     truncated_ms: int | None = None
     cancel_reason: str | None = None
     spoken: list[tuple[str, int]] = field(default_factory=list)  # (piece, out samples)
+    queued: int = 0  # samples handed to playout
 
 
 class Responses:
@@ -271,10 +272,12 @@ class Responses:
                 if len(out) and response.first_audio_queued_at is None:
                     response.first_audio_queued_at = trio.current_time()
                 await deps.playout.put(out)
+                response.queued += len(out)
                 response.spoken.append((piece, len(out)))
         tail = resampler.feed(np.zeros(0, np.int16), last=True)
         if len(tail):
             await deps.playout.put(tail)
+            response.queued += len(tail)
 
     def _finish(self, response: _Response, status: str, error: dict[str, Any] | None) -> None:
         deps = self._deps
@@ -330,6 +333,8 @@ class Responses:
                 }
             ],
             "audio_ms": played_ms,
+            # voxwire: the reply's audio as synthesized; a completed reply played it all
+            "audio_queued_ms": 1000 * response.queued // playout.sample_rate,
             "latency": latency,
         }
         if status == "cancelled":
