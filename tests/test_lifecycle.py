@@ -127,7 +127,7 @@ class Lifecycle(RuleBasedStateMachine):
     # -- helpers -------------------------------------------------------------------
 
     def pick(self, index: int) -> Model:
-        ids = sorted(self.live)
+        ids = list(self.live)  # creation order: ids are random, replays must pick alike
         return self.live[ids[index % len(ids)]]
 
     def touch(self, m: Model) -> None:
@@ -281,7 +281,7 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: any(m.stream for m in self.live.values()))
     @rule(pick=st.integers(0, 99), reads=st.integers(1, 3))
     def read_stream(self, pick: int, reads: int) -> None:
-        streaming = sorted(i for i, m in self.live.items() if m.stream)
+        streaming = [i for i, m in self.live.items() if m.stream]
         m = self.live[streaming[pick % len(streaming)]]
         assert m.chunks is not None
         for _ in range(reads):
@@ -290,7 +290,7 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: any(m.stream for m in self.live.values()))
     @rule(pick=st.integers(0, 99))
     def close_stream(self, pick: int) -> None:
-        streaming = sorted(i for i, m in self.live.items() if m.stream)
+        streaming = [i for i, m in self.live.items() if m.stream]
         self.close_stream_client_side(self.live[streaming[pick % len(streaming)]])
 
     @precondition(lambda self: self.live)
@@ -364,7 +364,7 @@ class Lifecycle(RuleBasedStateMachine):
     def expire(self, keep: list[bool]) -> None:
         """Let some sessions idle past the TTL while the rest stay busy."""
         self.expired_once = True
-        ids = sorted(self.live)
+        ids = list(self.live)  # creation order: ids are random, replays must pick alike
         kept = [self.live[i] for i, k in zip(ids, keep, strict=False) if k]
         idle = [self.live[i] for i, k in zip(ids, keep, strict=False) if not k]
         for m in idle:
