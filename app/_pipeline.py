@@ -73,8 +73,7 @@ class Pipeline:
 
     def add_item(self, item: Item) -> None:
         """Add to the conversation; emits ``conversation.item.created``."""
-        self.conversation.add(item)
-        self._deps.events.emit("conversation.item.created", item=item.describe())
+        self._deps.add_item(item)
 
     def response_room(self) -> int:
         """How many more response.create requests the queue takes now."""

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from audio.turn import SpeechStarted, SpeechStopped, TurnDetector
+from audio.turn import SpeechStarted, SpeechStopped, TurnDetector, TurnState
 
 Int16 = np.ndarray[Any, np.dtype[np.int16]]
 TextVerdict = Literal["finished", "unfinished", "unknown"]
@@ -410,12 +410,12 @@ class TurnMachine:
         events: list[TurnEvent] = []
         detector = self._detector
         s = self._settings
-        if self.phase is Phase.IDLE and detector.state.name == "MAYBE_SPEECH":
+        if self.phase is Phase.IDLE and detector.state is TurnState.MAYBE_SPEECH:
             self._go(Phase.CANDIDATE)
             if replying and s.interrupt_response and self.interruption is Interruption.NONE:
                 self.interruption = Interruption.PAUSED
                 events.append(PausePlayout())
-        elif self.phase is Phase.CANDIDATE and detector.state.name == "SILENCE":
+        elif self.phase is Phase.CANDIDATE and detector.state is TurnState.SILENCE:
             self._go(Phase.IDLE)
             events += self._candidate_failed()
         if self.phase is Phase.IDLE and not replying and self.interruption is Interruption.PAUSED:

@@ -68,11 +68,10 @@ from _common import ROOT, Server
 
 sys.path.insert(0, str(ROOT))
 
-from audio import WAV_HEADER_BYTES
 from tests import corpus
 from tests.conftest import SessionHandle
 from tests.fake_llm import FakeLlm, start_fake_llm
-from tests.voice import Events
+from tests.voice import Events, WavBody
 
 RATE = 16000
 SENTENCES = corpus.COMMANDS  # the short-command set (this bench's earlier sentences)
@@ -107,17 +106,12 @@ class Playback:
 
     async def run(self, client: httpx.AsyncClient, s: SessionHandle) -> None:
         url = f"/api/sessions/{s.id}/stream_audio"
-        pending, header = b"", True
+        body = WavBody()
         async with client.stream("GET", url, headers=s.auth) as response:
             async for data in response.aiter_bytes():
-                pending += data
-                if header:
-                    if len(pending) < WAV_HEADER_BYTES:
-                        continue
-                    pending, header = pending[WAV_HEADER_BYTES:], False
-                cut = len(pending) // 2 * 2
-                samples = np.frombuffer(pending[:cut], np.int16).copy()
-                pending = pending[cut:]
+                samples = body.feed(data)
+                if not len(samples):
+                    continue
                 now = trio.current_time()
                 nz = np.flatnonzero(samples)
                 if len(nz):

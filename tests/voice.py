@@ -89,6 +89,26 @@ class Events:
                 await self._changed.wait()
 
 
+class WavBody:
+    """Splits a ``stream_audio`` body into samples, whatever the chunking (sans-IO)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._header = True
+
+    def feed(self, data: bytes) -> np.ndarray:
+        """The whole samples in ``data`` (after the 44-byte header); may be empty."""
+        self._pending += data
+        if self._header:
+            if len(self._pending) < WAV_HEADER_BYTES:
+                return np.zeros(0, np.int16)
+            self._pending, self._header = self._pending[WAV_HEADER_BYTES:], False
+        cut = len(self._pending) // 2 * 2
+        samples = np.frombuffer(self._pending[:cut], np.int16).copy()
+        self._pending = self._pending[cut:]
+        return samples
+
+
 @dataclass
 class Stream:
     """Records ``stream_audio``: every sample, and when each chunk arrived."""
@@ -102,18 +122,12 @@ class Stream:
 
     async def run(self, client: httpx.AsyncClient, s: SessionHandle) -> None:
         url = f"/api/sessions/{s.id}/stream_audio"
-        pending = b""
-        header = True
+        body = WavBody()
         async with client.stream("GET", url, headers=s.auth) as response:
             async for data in response.aiter_bytes():
-                pending += data
-                if header:
-                    if len(pending) < WAV_HEADER_BYTES:
-                        continue
-                    pending, header = pending[WAV_HEADER_BYTES:], False
-                cut = len(pending) // 2 * 2
-                samples = np.frombuffer(pending[:cut], np.int16).copy()
-                pending = pending[cut:]
+                samples = body.feed(data)
+                if not len(samples):
+                    continue
                 self._parts.append(samples)
                 self.n += len(samples)
                 self.chunks.append((trio.current_time(), self.n))

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from app._config import ServerConfig, SessionConfig
-    from app._conversation import Conversation
+    from app._conversation import Conversation, Item
     from app._events import EventLog
     from app._metrics import Metrics
     from app._models import ModelHub
@@ -36,6 +36,11 @@ class Deps:
     responders: Callable[[str], Responder]
     take_frame: Callable[[], str | None]
     on_turn: Callable[[], None]
+
+    def add_item(self, item: Item) -> None:
+        """Add to the conversation; emits ``conversation.item.created``."""
+        self.conversation.add(item)
+        self.events.emit("conversation.item.created", item=item.describe())
 
     def error(self, code: str, message: str, *, error_type: str = "server_error") -> dict[str, Any]:
         """Emit an ``error`` event; return its error object."""

@@ -31,6 +31,7 @@ from audio.turn_taking import (
     PauseEnded,
     PausePlayout,
     PauseStarted,
+    Phase,
     ResumePlayout,
     TurnDiscarded,
     TurnEnded,
@@ -139,12 +140,8 @@ def new_partial_words(emitted: list[str], hypothesis: str) -> list[str]:
     delta is emitted until the final transcript (which is authoritative).
     """
     words = hypothesis.removesuffix("...").split()
-
-    def norm(word: str) -> str:
-        return word.lower().strip(".,!?;:\"'…")
-
     n = len(emitted)
-    if len(words) <= n or [norm(w) for w in words[:n]] != [norm(w) for w in emitted]:
+    if len(words) <= n or [_norm(w) for w in words[:n]] != [_norm(w) for w in emitted]:
         return []
     return words[n:]
 
@@ -268,6 +265,7 @@ class _Listener:
         self._emitted: list[str] = []
         self._next_partial = 0
         self._tail = PIPELINE_RATE * deps.server.speculative_pause_ms // 1000
+        self._partial_interval = PIPELINE_RATE * deps.server.partial_interval_ms // 1000
 
     # -- input ------------------------------------------------------------------------
 
@@ -382,18 +380,21 @@ class _Listener:
             self._partial_scope.cancel()
             self._partial_scope = None
 
+    def _schedule_partial(self) -> None:
+        # Until the first words appear, look again sooner.
+        interval = self._partial_interval if self._emitted else self._partial_interval // 2
+        self._next_partial = self._machine.position + interval
+
     def _maybe_partial(self) -> None:
-        interval = PIPELINE_RATE * self._deps.server.partial_interval_ms // 1000
         m = self._machine
         if (
-            interval <= 0
+            self._partial_interval <= 0
             or self._partial_scope is not None
-            or m.phase.name != "SPEAKING"
+            or m.phase is not Phase.SPEAKING
             or m.position < self._next_partial
         ):
             return
-        # Until the first words appear, look again sooner.
-        self._next_partial = m.position + (interval if self._emitted else interval // 2)
+        self._schedule_partial()
         self._partial_scope = trio.CancelScope()
         audio = m.audio()
         self._partial_windowed = len(audio) > PARTIAL_WINDOW
@@ -487,8 +488,7 @@ class _Listener:
                 self._partial_scope = None
                 # the next one counted from the end of this decode: the CPU stays partly
                 # free for the speculative final, whenever the pause comes
-                interval = PIPELINE_RATE * self._deps.server.partial_interval_ms // 1000
-                self._next_partial = m.position + (interval if self._emitted else interval // 2)
+                self._schedule_partial()
             if result.text and result.turn == m.turn and self._item_id is not None:
                 self._emit_partial(result.text)
                 if not self._partial_windowed:
@@ -664,9 +664,7 @@ class _Listener:
                     self._finals.popleft()
                     continue
                 frame = deps.take_frame()
-                item = Item(final.item_id, "user", final.text, [frame] if frame else [])
-                deps.conversation.add(item)
-                deps.events.emit("conversation.item.created", item=item.describe())
+                deps.add_item(Item(final.item_id, "user", final.text, [frame] if frame else []))
             assert final.text is not None
             first = first_clause(final.text)
             ready = [c for c in (final.early, final.prefetched) if c and same_words(c[0], first)]

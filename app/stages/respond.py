@@ -39,8 +39,8 @@ def cutter() -> ClauseCutter:
 
 def first_clause(text: str) -> str:
     """The first piece the response side will cut from ``text`` (echo prefetch)."""
-    cutter = ClauseCutter(**FIRST_PIECE)
-    parts = cutter.feed(text) + cutter.flush()
+    pieces = cutter()
+    parts = pieces.feed(text) + pieces.flush()
     return parts[0] if parts else ""
 
 
@@ -132,6 +132,12 @@ class Responses:
                 "output_audio_buffer.resumed", response_id=r.id, item_id=r.item_id, reason=reason
             )
 
+    def _unpause(self) -> None:
+        """Playout runs again (the reply ended or was cut: nothing to announce)."""
+        if self._paused:
+            self._paused = False
+            self._deps.playout.resume()
+
     def cancel(self, reason: str) -> bool:
         """Stop the current response now (barge-in, ``response.cancel``).
 
@@ -139,9 +145,7 @@ class Responses:
         stream's lead; the response task then reports what was played.
         """
         r = self._current
-        if self._paused:
-            self._paused = False
-            self._deps.playout.resume()
+        self._unpause()
         if r is None or r.scope.cancel_called:
             return False
         playout = self._deps.playout
@@ -216,9 +220,7 @@ class Responses:
                 await deps.playout.drained()
         finally:
             self._current = None
-            if self._paused:
-                self._paused = False
-                deps.playout.resume()
+            self._unpause()
         if response.scope.cancel_called:
             status = "cancelled"
         self._finish(response, status, error)
