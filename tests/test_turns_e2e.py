@@ -78,6 +78,7 @@ async def test_a_finished_sentence_is_answered_sooner_under_semantic_vad(
 ) -> None:
     u = corpus.utterance(FINISHED, "piper").padded(0.5, 0.0)
     detected: dict[str, int] = {}
+    reasons: dict[str, str] = {}
     for name, td in (("server", SERVER_VAD), ("semantic", SEMANTIC_VAD)):
         s = await create_session(client, turn_detection=td)
         events, stream = await talk(client, s, chunks(u.samples, 2.5 + u.speech_s))
@@ -87,10 +88,13 @@ async def test_a_finished_sentence_is_answered_sooner_under_semantic_vad(
         assert len(stopped) == 1
         assert abs(stopped[0]["audio_end_ms"] - u.offset / 16) <= 150
         detected[name] = done["latency"]["turn_detected_ms"]
+        reasons[name] = stopped[0]["reason"]
         assert stream.first_audio.is_set()
-    # server_vad waits out its 500 ms window; semantic_vad commits at the first check
+    # server_vad waits out its 500 ms window; semantic_vad commits on its judgement, before
+    # the window would have closed (measured here: 343-438 ms against 477-482)
+    assert reasons == {"server": "silence", "semantic": "semantic"}, reasons
     assert detected["server"] >= 450, detected
-    assert detected["semantic"] < detected["server"] - 100, detected
+    assert detected["semantic"] < detected["server"], detected
 
 
 async def test_a_backchannel_during_the_reply_pauses_it_and_it_resumes_whole(

@@ -591,6 +591,8 @@ class _Listener:
                 "input_audio_buffer.speech_stopped",
                 item_id=final.item_id,
                 audio_end_ms=event.audio_end_ms,
+                # voxwire: what ended the turn (silence, semantic, commit, max_length)
+                reason=event.reason,
             )
         deps.events.emit(
             "input_audio_buffer.committed", item_id=final.item_id, previous_item_id=None
