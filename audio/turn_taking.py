@@ -255,6 +255,7 @@ class TurnMachine:
         self._held = 0
         self._ring: list[tuple[int, Int16]] = []
         self._pause: _Pause | None = None
+        self._was_replying = False
         self._detector = self._new_detector(settings)
 
     # -- settings ---------------------------------------------------------------------
@@ -390,6 +391,7 @@ class TurnMachine:
                 events += self._started(event, replying)
             elif isinstance(event, SpeechStopped):
                 events += self._ended(event.end_sample, "silence", speech_ended=True)
+        events += self._reply_began(replying)
         events += self._follow_detector(replying)
         if self.phase in (Phase.SPEAKING, Phase.PAUSED) and self.turn_full:
             events += self._force_end("max_length")
@@ -404,6 +406,28 @@ class TurnMachine:
         if self.phase is Phase.RECORDING:
             self._hold(samples)
         return []
+
+    def _reply_began(self, replying: bool) -> list[TurnEvent]:
+        """A reply that starts while the user talks is held, as if they had cut in.
+
+        Under load the previous turn's reply can begin only after the next turn's speech
+        did; it must not talk over the user. The same confirmation as a barge-in decides.
+        """
+        began = replying and not self._was_replying
+        self._was_replying = replying
+        if (
+            not began
+            or not self._settings.interrupt_response
+            or self.interruption is not Interruption.NONE
+        ):
+            return []
+        if self.phase is Phase.CANDIDATE:
+            self.interruption = Interruption.PAUSED
+        elif self.phase in (Phase.SPEAKING, Phase.PAUSED):
+            self.interruption = Interruption.PENDING
+        else:
+            return []
+        return [PausePlayout()]
 
     def _follow_detector(self, replying: bool) -> list[TurnEvent]:
         """Track the detector's candidate/pause states; pauses drive decodes and checks."""

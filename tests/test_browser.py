@@ -175,7 +175,7 @@ async def test_barge_in_silences_the_page(server: Running, tmp_path: Path) -> No
     )
     assert state["console_errors"] == [], state["console_errors"]
     statuses = [r["status"] for r in state["replies"]]
-    assert statuses == ["cancelled", "completed"], state["replies"]
+    assert statuses == ["cancelled", "completed"], (state["replies"], state["marks"])
     assert state["flushed"] > 0  # the page dropped its buffered reply at speech_started
 
     marks = state["marks"]

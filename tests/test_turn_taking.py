@@ -223,6 +223,23 @@ def test_a_short_turn_with_real_words_cancels_the_reply() -> None:
     assert m.final(end.turn, Words("finished", has_words=True)) == [CancelResponse()]
 
 
+def test_a_reply_that_begins_while_the_user_talks_is_held_then_cancelled() -> None:
+    """Under load the last turn's reply can start after the next turn did: it must not
+    talk over the user; the barge-in rule decides as usual."""
+    m = TurnMachine(SERVER)
+    started = frames(m, [0.9] * ms_frames(800))
+    assert [type(e) for e in started] == [TurnStarted]
+    assert [type(e) for e in frames(m, [0.9], replying=True)] == [PausePlayout, CancelResponse]
+    assert frames(m, [0.9] * 5, replying=True) == []  # decided once
+
+
+def test_a_reply_that_begins_during_a_candidate_resumes_when_it_was_noise() -> None:
+    m = TurnMachine(SERVER)
+    assert frames(m, [0.9]) == []  # a candidate: not yet speech
+    events = frames(m, [0.0] * 3, replying=True)
+    assert events == [PausePlayout(), ResumePlayout("too_short")]
+
+
 def test_no_barge_in_when_interrupt_response_is_off() -> None:
     m = TurnMachine(dataclasses.replace(SERVER, interrupt_response=False))
     events = frames(m, [0.9] * 40 + [0.0] * 20, replying=True)

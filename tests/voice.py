@@ -138,6 +138,17 @@ class Stream:
     def samples(self) -> np.ndarray:
         return np.concatenate(self._parts) if self._parts else np.zeros(0, np.int16)
 
+    def voiced_since(self, mark: int, frame_ms: int = 20) -> float:
+        """Seconds of reply audio since sample ``mark``: frames not all zero.
+
+        The playout sends exact zeros where it has nothing (between pieces when the TTS
+        falls behind under load), so this is the audio played, not the time passed.
+        """
+        tail = self.samples[mark:]
+        step = self.rate * frame_ms // 1000
+        blocks = tail[: len(tail) // step * step].reshape(-1, step)
+        return float(np.count_nonzero(np.any(blocks != 0, axis=1))) * frame_ms / 1000
+
     def received_by(self, t: float) -> int:
         """Samples that had arrived at time ``t``."""
         n = 0
