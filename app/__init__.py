@@ -105,7 +105,12 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = config.body_backlog_bytes
     app.config["RESPONSE_TIMEOUT"] = config.response_timeout_s
     metrics = Metrics()
-    hub = ModelHub(config.model_paths(), concurrency=config.inference_concurrency, metrics=metrics)
+    hub = ModelHub(
+        config.model_paths(),
+        concurrency=config.inference_concurrency,
+        metrics=metrics,
+        full_lag_s=config.scheduler_full_lag_ms / 1000,
+    )
     responders = Responders(config)
     registry = SessionRegistry(config, metrics, hub, responders)
     app.config["VOXWIRE_CONFIG"] = config
@@ -116,7 +121,7 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
 
     @app.before_serving
     async def start_registry() -> None:
-        await app.nursery.start(hub.load)
+        await app.nursery.start(hub.run)
         await app.nursery.start(responders.run)
         await app.nursery.start(registry.run)
         await app.nursery.start(

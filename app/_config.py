@@ -60,6 +60,9 @@ class ServerConfig:
     tts_threads: int = 1
     # STT and TTS calls running at once (one per core: more only oversubscribes the CPU)
     inference_concurrency: int = 2
+    # /readyz answers 503 (overloaded) while final transcripts and first replies wait this
+    # long in the inference scheduler; partials stop at half of it
+    scheduler_full_lag_ms: int = 300
     model_load_wait_s: float = 60.0
     # turn taking
     vad_min_speech_ms: int = 250

@@ -72,6 +72,37 @@ class Metrics:
             buckets=INFERENCE_BUCKETS,
             registry=r,
         )
+        self.scheduler_queued = Gauge(
+            "voxwire_scheduler_queue_depth",
+            "Inference jobs queued in the scheduler, by priority",
+            ["priority"],
+            registry=r,
+        )
+        self.scheduler_wait = Histogram(
+            "voxwire_scheduler_wait_seconds",
+            "Time an inference job waited in the scheduler's queue, by priority",
+            ["priority"],
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.scheduler_dropped = Counter(
+            "voxwire_scheduler_dropped",
+            "Inference jobs dropped before they ran (stale, cancelled, queue full)",
+            ["reason"],
+            registry=r,
+        )
+        self.scheduler_batch = Histogram(
+            "voxwire_scheduler_batch_size",
+            "Jobs run together in one batched model call",
+            ["model"],
+            buckets=(2, 3, 4, 6, 8),
+            registry=r,
+        )
+        self.partials_skipped = Counter(
+            "voxwire_partials_skipped",
+            "Partial decodes not started because the scheduler was behind",
+            registry=r,
+        )
         self.model_errors = Counter(
             "voxwire_model_errors", "Inference failures, by model", ["model"], registry=r
         )

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from app._errors import ApiError
+from app._scheduler import Priority, Scheduler
 from models import ModelError, ModelPaths, ModelSet, load_models
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Hashable, Sequence
 
     from app._metrics import Metrics
 
@@ -22,19 +23,20 @@ T = TypeVar("T")
 
 
 class ModelHub:
-    """Loads the models in a worker thread and runs inference under shared limiters.
+    """Loads the models in a worker thread; their inference goes through one scheduler.
 
-    STT and TTS share one :class:`trio.CapacityLimiter` sized to the cores, so sessions queue
-    for the CPU instead of oversubscribing it; the VAD (0.1 ms a frame, on the barge-in
-    path) has its own, so it never waits behind a Whisper decode.
+    STT, TTS and turn checks queue in :class:`app._scheduler.Scheduler` by priority, on
+    worker threads sized to the cores, so sessions share the CPU instead of
+    oversubscribing it. The VAD (0.1 ms a frame, on the barge-in path) keeps its own
+    limiter and thread hop, so it never waits behind a decode.
     """
 
-    def __init__(self, paths: ModelPaths, *, concurrency: int, metrics: Metrics) -> None:
+    def __init__(
+        self, paths: ModelPaths, *, concurrency: int, metrics: Metrics, full_lag_s: float = 0.3
+    ) -> None:
         self.paths = paths
-        self.limiter = trio.CapacityLimiter(concurrency)
         self.vad_limiter = trio.CapacityLimiter(2)
-        # end-of-turn checks decide when a reply starts: never behind a decode either
-        self.turn_limiter = trio.CapacityLimiter(1)
+        self.scheduler = Scheduler(workers=concurrency, metrics=metrics, full_lag_s=full_lag_s)
         self._metrics = metrics
         self._models: ModelSet | None = None
         self.error: str | None = None
@@ -94,33 +96,64 @@ class ModelHub:
             headers={"Retry-After": "2"},
         )
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The scheduler's workers (until cancelled), then the models' load."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.scheduler.run)
+            await nursery.start(self.load)
+            task_status.started()
+
     async def infer(
         self,
         model: str,
+        priority: Priority,
         fn: Callable[..., T],
         *args: Any,
-        limiter: trio.CapacityLimiter,
-        abandon_on_cancel: bool = False,
+        key: Hashable | None = None,
     ) -> T:
-        """Run ``fn(*args)`` in a worker thread; time it; count failures.
+        """``fn(*args)`` through the scheduler; failures are counted.
 
-        Cancellation: a decode cannot be interrupted. By default the caller waits for the
-        thread and is cancelled at its next checkpoint; with ``abandon_on_cancel`` it
-        returns at once and the result is dropped (the thread still holds its limiter
-        token until it ends).
+        Cancellation: a queued job is dropped; a running one is finished by its worker
+        and its result dropped (the caller returns at once).
+
+        Raises:
+            ModelError: the model failed (or the queue is full).
+            Stale: a newer job with the same ``key`` replaced this one.
         """
+        try:
+            return await self.scheduler.submit(model, priority, fn, *args, key=key)
+        except ModelError:
+            self._metrics.model_errors.labels(model).inc()
+            raise
+
+    async def infer_batchable(
+        self,
+        model: str,
+        priority: Priority,
+        batch: Callable[[Sequence[Any]], Sequence[T]],
+        item: Any,
+        *,
+        key: Hashable | None = None,
+    ) -> T:
+        """``batch([item])[0]``, batched with like jobs of other sessions when queued."""
+        try:
+            return await self.scheduler.submit_batchable(model, priority, batch, item, key=key)
+        except ModelError:
+            self._metrics.model_errors.labels(model).inc()
+            raise
+
+    async def infer_vad(self, fn: Callable[..., T], *args: Any) -> T:
+        """The VAD, in a thread of its own limiter: never queued behind a decode."""
 
         def timed() -> T:
             t0 = time.perf_counter()  # measures CPU work in the thread, not trio time
             try:
                 return fn(*args)
             finally:
-                self._metrics.inference_seconds.labels(model).observe(time.perf_counter() - t0)
+                self._metrics.inference_seconds.labels("vad").observe(time.perf_counter() - t0)
 
         try:
-            return await trio.to_thread.run_sync(
-                timed, limiter=limiter, abandon_on_cancel=abandon_on_cancel
-            )
+            return await trio.to_thread.run_sync(timed, limiter=self.vad_limiter)
         except ModelError:
-            self._metrics.model_errors.labels(model).inc()
+            self._metrics.model_errors.labels("vad").inc()
             raise

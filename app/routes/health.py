@@ -24,10 +24,25 @@ async def healthz() -> Response:
 @bp.get("/readyz")
 async def readyz() -> Response:
     refuse_if_draining()
-    error = models().unavailable()
+    hub = models()
+    error = hub.unavailable()
     if error is not None:
         raise error
-    return jsonify({"status": "ready", "sessions": len(registry())})
+    scheduler = hub.scheduler
+    # For load balancers: the inference backlog as a fraction of "full" (1.0 and above).
+    load = {"X-Voxwire-Load": f"{scheduler.load():.2f}"}
+    if scheduler.full:
+        raise ApiError(
+            503,
+            "overloaded",
+            f"inference is {1000 * scheduler.lag():.0f} ms behind: send new sessions "
+            "to another instance",
+            error_type="server_error",
+            headers={"Retry-After": "2", **load},
+        )
+    response = jsonify({"status": "ready", "sessions": len(registry())})
+    response.headers.update(load)
+    return response
 
 
 def _count_tasks(task: trio.lowlevel.Task) -> int:

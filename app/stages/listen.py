@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import trio
 
 from app._conversation import Item
+from app._scheduler import Priority, Stale
 from app.stages.messages import PIPELINE_RATE, Control, Int16, Scored, UserTurn, new_item_id
 from app.stages.respond import cutter, first_clause
 from audio.turn_taking import (
@@ -56,6 +58,7 @@ ARRIVALS_KEPT = 1024  # frames (32 s) whose arrival time can be looked up
 # a short window however long the turn grows, so the CPU is free for the speculative final
 # when the pause comes. The words are lined up with those already sent.
 PARTIAL_WINDOW = 3 * PIPELINE_RATE
+MAX_PARTIAL_STRETCH = 8  # partials at most 8x further apart under load, then none
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +386,11 @@ class _Listener:
     def _schedule_partial(self) -> None:
         # Until the first words appear, look again sooner.
         interval = self._partial_interval if self._emitted else self._partial_interval // 2
+        # Under load partials thin out first (then stop: see _maybe_partial), so finals
+        # and first replies keep their latency.
+        stretch = self._deps.hub.scheduler.partial_stretch()
+        if stretch != math.inf:
+            interval = int(interval * min(stretch, MAX_PARTIAL_STRETCH))
         self._next_partial = self._machine.position + interval
 
     def _maybe_partial(self) -> None:
@@ -395,6 +403,9 @@ class _Listener:
         ):
             return
         self._schedule_partial()
+        if self._deps.hub.scheduler.partial_stretch() == math.inf:
+            self._deps.metrics.partials_skipped.inc()
+            return
         self._partial_scope = trio.CancelScope()
         audio = m.audio()
         self._partial_windowed = len(audio) > PARTIAL_WINDOW
@@ -438,12 +449,15 @@ class _Listener:
                 # conversational speech, +0.8 points on short commands, 2.5-4x faster)
                 text = await hub.infer(
                     "stt",
+                    Priority.PARTIAL if kind == "partial" else Priority.FIRST,
                     functools.partial(hub.models.stt.transcribe, retry=kind != "partial"),
                     audio,
-                    limiter=hub.limiter,
-                    # a partial must never delay the final that makes it stale
-                    abandon_on_cancel=kind == "partial",
+                    # a newer partial of this session replaces a queued one
+                    key=(self, "partial") if kind == "partial" else None,
                 )
+            except Stale:  # (one partial in flight per session: not expected)
+                await self._results.send(_Decoded(kind, turn, key, ""))
+                return
             except ModelError as exc:
                 await self._results.send(_Decoded(kind, turn, key, None, exc))
                 return
@@ -456,7 +470,7 @@ class _Listener:
         with scope:
             try:
                 p: float | None = await hub.infer(
-                    "turn", hub.models.turn.predict, audio, limiter=hub.turn_limiter
+                    "turn", Priority.TURN, hub.models.turn.predict, audio
                 )
             except ModelError as exc:
                 log.warning("turn check failed: %s", exc)
@@ -471,7 +485,7 @@ class _Listener:
         hub = self._deps.hub
         with scope:
             try:
-                pcm = await hub.infer("tts", hub.models.tts.synthesize, clause, limiter=hub.limiter)
+                pcm = await hub.infer("tts", Priority.FIRST, hub.models.tts.synthesize, clause)
             except ModelError as exc:
                 log.warning("speculative synthesis failed: %s", exc)
                 await self._results.send(_Prefetched(turn, pause, clause, None))

@@ -16,6 +16,7 @@ import numpy as np
 import trio
 
 from app._conversation import Item, spoken_prefix
+from app._scheduler import Priority
 from app.stages.messages import UserTurn, new_id
 from audio import StreamResampler
 from models import ModelError, ResponseRequest
@@ -266,9 +267,10 @@ class Responses:
                 if prefetched is not None and prefetched[0] == piece:
                     pcm = prefetched[1]
                 else:
-                    pcm = await deps.hub.infer(
-                        "tts", tts.synthesize, piece, limiter=deps.hub.limiter
-                    )
+                    # the first piece is the reply's latency; later ones have its length
+                    first = not response.spoken
+                    priority = Priority.FIRST if first else Priority.REPLY
+                    pcm = await deps.hub.infer("tts", priority, tts.synthesize, piece)
                 prefetched = None
                 out = resampler.feed(pcm)
                 if len(out) and response.first_audio_queued_at is None:

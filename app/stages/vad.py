@@ -56,9 +56,7 @@ async def run(
             probs: list[float] = []
             if scored:
                 try:
-                    probs = await deps.hub.infer(
-                        "vad", _score, deps, state, scored, limiter=deps.hub.vad_limiter
-                    )
+                    probs = await deps.hub.infer_vad(_score, deps, state, scored)
                 except ModelError as exc:
                     deps.model_error("vad", exc)
                     probs = [0.0] * len(scored)
