@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -112,3 +114,57 @@ class Server:
         with self.log_path.open("rb") as f:
             f.seek(offset)
             return f.read().decode(errors="replace")
+
+
+# -- /metrics ----------------------------------------------------------------------------
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def sample_labels(key: str) -> tuple[str, dict[str, str]]:
+    """``'name{a="x",b="y"}'`` (a key of ``transport.server_counters``) -> name and labels."""
+    name, _, rest = key.partition("{")
+    return name, dict(_LABEL.findall(rest))
+
+
+def by_label(samples: dict[str, float], name: str, label: str) -> dict[str, float]:
+    """The samples of ``name`` by the value of ``label`` (summed over the other labels)."""
+    out: dict[str, float] = {}
+    for key, value in samples.items():
+        n, labels = sample_labels(key)
+        if n == name and label in labels:
+            out[labels[label]] = out.get(labels[label], 0.0) + value
+    return out
+
+
+def histogram_delta(
+    before: dict[str, float], after: dict[str, float], name: str, label: str
+) -> dict[str, list[tuple[float, float]]]:
+    """The cumulative buckets ``(le, count)`` that histogram ``name`` gained between two
+    scrapes, by the value of ``label``: empty when the server does not expose it."""
+    out: dict[str, dict[float, float]] = {}
+    for key, value in after.items():
+        n, labels = sample_labels(key)
+        if n != f"{name}_bucket" or label not in labels or "le" not in labels:
+            continue
+        le = float(labels["le"])
+        per = out.setdefault(labels[label], {})
+        per[le] = per.get(le, 0.0) + value - before.get(key, 0.0)
+    return {k: sorted(v.items()) for k, v in out.items()}
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus's estimate of quantile ``q`` (0..1) from cumulative ``(le, count)`` buckets:
+    linear inside the bucket that holds it; its lower bound when that is the +Inf bucket;
+    NaN without observations."""
+    if not buckets or buckets[-1][1] <= 0:
+        return math.nan
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if math.isinf(le):
+                return lower
+            return lower + (le - lower) * ((rank - below) / (count - below) if count > below else 0)
+        lower, below = le, count
+    return lower

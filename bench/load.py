@@ -1,14 +1,52 @@
 """Load benchmark: how many concurrent sessions voxwire holds, ramped in steps until a limit breaks.
 
-Not a test. Modes:
+Not a test. The goal (the open load issue): **at least 8 talking sessions on one process on
+the 2 cores, with p95 end of speech → first reply audio ≤ 1.2 s and a WER no worse than
+with one session.** Modes:
 
-- ``--mode pipeline``: one ``run.py`` (real models, ``echo`` responder). Every session holds
-  a spoken conversation: sentences made with the bundled Piper voice, uploaded in real time
-  in 100 ms chunks on one chunked POST, a pause after each reply, while the session reads
-  ``stream_audio`` and the SSE events. A step holds when the p95 of end of speech → first
-  reply audio byte is ≤ 1 s and the p99 gap between stream reads is ≤ 100 ms.
-- ``--mode cluster``: the same against ``--instances`` (default: the cores) ``run.py``
-  processes behind a real nginx running ``deploy/nginx.conf`` (``deploy/cluster.py``).
+- ``--mode pipeline``: one ``run.py`` (real models, ``echo`` responder, default turn
+  detection, ``--turn-detection`` to change it). Every session talks like a person: a
+  conversational sentence of several clauses (5.6-7.5 s, ``tests/corpus.py``: the Piper
+  voice, slowed Piper and espeak-ng voices, one turn in ``--noise-every`` with pink noise
+  22 dB under the speech), then silence while the echo says it back, until the reply has
+  finished playing (``response.done``), a random pause (``--pause-min-s`` to
+  ``--pause-max-s``), the next sentence; while it reads ``stream_audio`` and the SSE
+  events. Sessions start staggered over ``--stagger-s`` so their turns do not align. The
+  microphone hands a chunk to the upload once all of it has been "recorded", in one of two
+  styles (``--upload``):
+
+  - ``stream``: 20 ms chunks on one long chunked POST per session (like ``curl -T -``);
+  - ``posts``: 100 ms chunks, one POST each with ``X-Sequence`` on a keep-alive connection,
+    one in flight at a time, 429 answered by waiting ``Retry-After`` and sending the chunk
+    again (the Swift client's ``AudioUploader``).
+
+  Per step, over the turns whose speech ended in the measured window (client side, trio
+  clock; times as bench/latency.py's, whose recorders and scoring this bench uses):
+
+  - end of speech → first reply audio: from when the chunk holding the last voiced sample
+    was handed over (its write finished / its POST began) to the arrival of the first
+    non-zero sample of the reply on ``stream_audio``; a turn that gets no reply (none, or
+    an empty transcript) counts as infinitely late;
+  - speech onset → first partial: from when the chunk holding the first voiced sample was
+    handed over to the turn's first ``conversation.item.input_audio_transcription.delta``;
+  - WER of the final transcripts against the corpus text (corpus level, ``tests/corpus.py``'s
+    ``word_errors``; a turn split in two is scored on both joined), for all turns and by
+    engine (Piper, espeak-ng: Whisper hears espeak-ng's formant voices much worse);
+  - upload lag: the microphone's end of speech → that hand-over (the chunk's length, plus
+    any backlog of POSTs), and, in ``posts`` style, the POST round trip and the 429s;
+  - server CPU (psutil on the server process: 100% = one core), RSS per session (peak RSS
+    during the step over the idle RSS before the first step, ÷ sessions);
+  - the scheduler from ``/metrics``: queue wait p50/p95 by priority
+    (``voxwire_scheduler_wait_seconds``, histogram, label ``priority``) and queue depth
+    mean/max by priority (``voxwire_scheduler_queue_depth``, gauge, read every second);
+    "n/a" where the server does not expose them;
+  - the server's own waterfall from ``response.done``'s ``latency``.
+
+  A step holds when p95 end of speech → first reply audio is ≤ ``--latency-limit-ms``
+  (1200) and the p99 gap between stream reads is ≤ 100 ms.
+- ``--mode cluster``: the same sessions against ``--instances`` (default: the cores)
+  ``run.py`` processes behind a real nginx running ``deploy/nginx.conf``
+  (``deploy/cluster.py``).
 - ``--mode transport``: one ``run.py``, ``loopback`` responder (no models): each session
   uploads a tone in real time (``--chunk-ms`` chunks on one chunked POST) and reads its
   stream; a step holds when the p99 gap is ≤ 50 ms.
@@ -17,10 +55,11 @@ Not a test. Modes:
 In every mode a step also fails when a session cannot be set up or loses its stream. The
 ramp stops at the first step that fails; the last step that held is the figure.
 
-    .venv/bin/python bench/load.py --mode pipeline        # 1,2,3,4,6,8... sessions x 40 s
-    .venv/bin/python bench/load.py --mode cluster         # the same, 2 instances + nginx
-    .venv/bin/python bench/load.py --mode transport       # 25,50,75,100,150... x 30 s
-    .venv/bin/python bench/load.py --mode pipeline --steps 1,2 --step-s 10   # quick check
+    .venv/bin/python bench/load.py --mode pipeline                  # 1,2,4,6,8,10 x 60 s (~8 min)
+    .venv/bin/python bench/load.py --mode pipeline --upload posts   # the same, 100 ms POSTs
+    .venv/bin/python bench/load.py --mode cluster                   # 2 instances + nginx
+    .venv/bin/python bench/load.py --mode transport                 # 25,50,75,100,150... x 30 s
+    .venv/bin/python bench/load.py --mode pipeline --steps 1,2 --step-s 30 --all-steps  # check
 
 The load runs in this process's trio loop: client and server share the machine's cores,
 so the client's own CPU and loop lag, and the CPU of every other process, are printed
@@ -30,6 +69,7 @@ with every step.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -41,32 +81,34 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 import psutil
 import trio
-from _common import ROOT, Server, free_port
-from httpx_sse import aconnect_sse
-from latency import CHUNK, RATE, SENTENCES
-from transport import loop_lag, pct, tone_chunk
+from _common import ROOT, Server, by_label, free_port, histogram_delta, histogram_quantile
+from latency import RATE, Figures, Playback, measure, plan, td_for, view
+from latency import Turn as Spoken
+from transport import loop_lag, pct, server_counters, tone_chunk
 
 sys.path.insert(0, str(ROOT))
 
 from deploy.cluster import SESSION_ID_HEADER, proxy_command
-from tests.speech import synthesize
-from tests.voice import voiced_bounds
+from tests import corpus
+from tests.conftest import SessionHandle
+from tests.voice import Events
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 WAV_HEADER = 44
 BYTES_PER_S = RATE * 2
+CHUNK = RATE // 10  # Pacer's default: 100 ms
 MODES = ("pipeline", "cluster", "transport", "cluster-transport")
 DEFAULT_STEPS = {
-    "pipeline": "1,2,3,4,6,8,12,16",
-    "cluster": "1,2,3,4,6,8,12,16",
+    "pipeline": "1,2,4,6,8,10",
+    "cluster": "1,2,4,6,8,10,12,16",
     "transport": "25,50,75,100,150,200,300,400",
     "cluster-transport": "25,50,75,100,150,200,300,400",
 }
@@ -76,6 +118,12 @@ DEFAULT_GAP_LIMIT_MS = {
     "transport": 50.0,
     "cluster-transport": 50.0,
 }
+UPLOAD_CHUNK_MS = {"stream": 20, "posts": 100}  # talking sessions' chunk, by --upload
+TAIL_S = 0.8  # a noisy turn's noise runs on this long after the speech
+SCHED_WAIT = "voxwire_scheduler_wait_seconds"
+SCHED_DEPTH = "voxwire_scheduler_queue_depth"
+SCHED_DROPPED = "voxwire_scheduler_dropped_total"
+PARTIALS_SKIPPED = "voxwire_partials_skipped_total"
 
 
 def loopback(mode: str) -> bool:
@@ -90,6 +138,9 @@ def clustered(mode: str) -> bool:
 
 STAGES = ("turn_detected_ms", "transcript_ms", "first_audio_queued_ms", "first_audio_byte_ms")
 HTTP_TIMEOUT = httpx.Timeout(15.0, read=60.0)  # events may be quiet for 15 s (the ping)
+# One client per session (a shared pool scans its connections on every request): the
+# stream, the events, the upload and a spare.
+SESSION_LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
 
 
 # -- one session ------------------------------------------------------------------------
@@ -132,7 +183,8 @@ class Step:
     ready: int = 0
     failed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-    sessions: list[SessionState] = field(default_factory=list)
+    sessions: list[SessionState | Talker] = field(default_factory=list)
+    stop_at: float = math.inf  # when stop was set
 
     def note_setup(self, ok: bool) -> None:
         if ok:
@@ -141,6 +193,19 @@ class Step:
             self.failed += 1
         if self.ready + self.failed >= self.n:
             self.settled.set()
+
+
+class SetupNote:
+    """Tells the step, once, whether one session got set up."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        self.told = False
+
+    def __call__(self, ok: bool) -> None:
+        if not self.told:
+            self.told = True
+            self.step.note_setup(ok)
 
 
 class Pacer:
@@ -165,42 +230,6 @@ class Pacer:
 
 def silence(seconds: float) -> np.ndarray:
     return np.zeros(round(seconds * RATE), np.int16)
-
-
-async def conversation(
-    step: Step, st: SessionState, speech: list[np.ndarray], args: argparse.Namespace
-) -> AsyncIterator[bytes]:
-    """The upload body of a pipeline session: sentences, each followed by silence until its
-    reply has been played (or ``--reply-timeout``), then a pause; until the step stops."""
-    pacer = Pacer()
-    async for c in pacer.send(silence(0.5 + random.uniform(0, args.stagger_s))):
-        yield c
-    i = random.randrange(len(speech))
-    while not step.stop.is_set():
-        samples = speech[i % len(speech)]
-        i += 1
-        _, off = voiced_bounds(samples)
-        end_sample = pacer.sent + off
-        turn: Turn | None = None
-        before = st.responses_done
-        async for c in pacer.send(samples):
-            yield c
-            if turn is None and pacer.sent >= end_sample:
-                # the chunk holding the last voiced sample was just handed over; if the
-                # client runs late, that moment, not the schedule, is the end of speech
-                turn = Turn(max(pacer.due(end_sample), trio.current_time()))
-                st.turns.append(turn)
-                st.awaiting = turn
-        assert turn is not None
-        deadline = turn.end_at + args.reply_timeout
-        while st.responses_done == before and trio.current_time() < deadline:
-            async for c in pacer.send(silence(CHUNK / RATE)):
-                yield c
-        if st.responses_done == before:
-            step.errors["missing reply"] += 1
-        st.awaiting = None
-        async for c in pacer.send(silence(random.uniform(*args.pause_s))):
-            yield c
 
 
 async def tone_stream(step: Step, chunk_ms: int) -> AsyncIterator[bytes]:
@@ -240,63 +269,25 @@ async def read_stream(resp: httpx.Response, step: Step, st: SessionState) -> Non
         step.errors["stream ended early"] += 1
 
 
-async def read_events(
-    client: httpx.AsyncClient, url: str, auth: dict, step: Step, st: SessionState
-) -> None:
-    async with aconnect_sse(client, "GET", url, headers=auth) as source:
-        if source.response.status_code != 200:
-            step.errors[f"events HTTP {source.response.status_code}"] += 1
-            return
-        async for sse in source.aiter_sse():
-            if not sse.data:
-                continue
-            event = json.loads(sse.data)
-            kind = event.get("type")
-            if kind == "error":
-                step.errors[f"error event {event.get('error', {}).get('code')}"] += 1
-            elif kind == "response.done":
-                response = event.get("response", {})
-                status = response.get("status")
-                if status != "completed":
-                    step.errors[f"response {status}"] += 1
-                turn = st.awaiting
-                if turn is not None and not turn.done:
-                    turn.done = True
-                    turn.server_latency = response.get("latency") or {}
-                    if math.isnan(turn.first_audio_at):
-                        step.errors["reply without audio"] += 1
-                st.responses_done += 1
-                st.poke()
-    if not step.stop.is_set():
-        step.errors["events ended early"] += 1
-
-
 async def run_session(
     base_url: str,
     step: Step,
     setup: trio.Semaphore,
-    speech: list[np.ndarray],
     args: argparse.Namespace,
 ) -> None:
+    """A transport session: a tone up, the loopback down."""
     st = SessionState()
     step.sessions.append(st)
-    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
-    noted = False
+    note = SetupNote(step)
     session_id = auth = None
     phase = "setup"
-
-    def note(ok: bool) -> None:
-        nonlocal noted
-        if not noted:
-            noted = True
-            step.note_setup(ok)
-
     # One client per session: a shared pool scans its connections on every request.
-    async with httpx.AsyncClient(base_url=base_url, timeout=HTTP_TIMEOUT, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=HTTP_TIMEOUT, limits=SESSION_LIMITS
+    ) as client:
         try:
             async with setup:
-                config = {"responder": "loopback" if loopback(step.mode) else "echo"}
-                r = await client.post("/api/sessions", json=config)
+                r = await client.post("/api/sessions", json={"responder": "loopback"})
                 if r.status_code != 201:
                     step.errors[f"create HTTP {r.status_code}"] += 1
                     return
@@ -312,15 +303,10 @@ async def run_session(
                     return
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(read_stream, resp, step, st)
-                    if not loopback(step.mode):
-                        nursery.start_soon(read_events, client, urls["events"], auth, step, st)
                     note(True)
                     phase = "session"
                     await step.go.wait()
-                    if loopback(step.mode):
-                        body = tone_stream(step, args.chunk_ms)
-                    else:
-                        body = conversation(step, st, speech, args)
+                    body = tone_stream(step, args.chunk_ms)
                     headers = {**auth, "Content-Type": "application/octet-stream"}
                     r = await client.post(urls["upload_audio"], content=body, headers=headers)
                     if r.status_code != 204:
@@ -335,13 +321,270 @@ async def run_session(
         finally:
             note(False)
             if session_id is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(15):
-                    try:
-                        r = await client.delete(f"/api/sessions/{session_id}", headers=auth)
-                        if r.status_code != 204:
-                            step.errors[f"delete HTTP {r.status_code}"] += 1
-                    except httpx.HTTPError as exc:
-                        step.errors[f"delete {type(exc).__name__}"] += 1
+                await delete_session(client, session_id, auth, step)
+
+
+async def delete_session(
+    client: httpx.AsyncClient, session_id: str, auth: dict[str, str], step: Step
+) -> None:
+    """The end of a session (shielded: it runs when the step's sessions are cancelled)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(15):
+        try:
+            r = await client.delete(f"/api/sessions/{session_id}", headers=auth)
+            if r.status_code != 204:
+                step.errors[f"delete HTTP {r.status_code}"] += 1
+        except httpx.HTTPError as exc:
+            step.errors[f"delete {type(exc).__name__}"] += 1
+
+
+# -- a talking session ------------------------------------------------------------------
+
+
+def speech_pool(voices: tuple[str, ...], noise_every: int) -> list[corpus.Utterance]:
+    """Every conversational sentence once, the voices in turn, 1 in ``noise_every`` noisy
+    (bench/latency.py's plan), each with 0.5 s before it and a noisy one's noise running
+    on for :data:`TAIL_S` after it."""
+    every = argparse.Namespace(
+        turns=len(corpus.CONVERSATIONAL), hesitations=0, commands=0, noise_every=noise_every
+    )
+    return [t.utt.padded(0.0, TAIL_S, seed=i) for i, t in enumerate(plan(every, voices))]
+
+
+def engine(voice: str) -> str:
+    """What a turn's WER is grouped by: ``piper`` or ``espeak``."""
+    return corpus.voice(voice).engine
+
+
+@dataclass
+class Talker:
+    """What one talking session recorded. Samples are counted from the microphone's first."""
+
+    events: Events = field(default_factory=Events)
+    playback: Playback = field(default_factory=Playback)
+    turns: list[Spoken] = field(default_factory=list)
+    voiced: list[tuple[int, int]] = field(default_factory=list)  # per turn: onset, offset
+    t0: float = math.nan  # when the microphone's first sample was recorded
+    handed_at: list[float] = field(default_factory=list)  # per chunk handed to the upload
+    handed_total: list[int] = field(default_factory=list)  # samples handed over by then
+    post_s: list[float] = field(default_factory=list)  # posts style: each POST's round trip
+    throttled: int = 0  # posts style: 429s
+
+    def handed(self, when: float, samples: int) -> None:
+        self.handed_at.append(when)
+        self.handed_total.append((self.handed_total[-1] if self.handed_total else 0) + samples)
+
+    def handed_over(self, sample: int) -> float:
+        """When the chunk holding sample ``sample`` was handed over (NaN: never)."""
+        i = bisect.bisect_right(self.handed_total, sample)
+        return self.handed_at[i] if i < len(self.handed_at) else math.nan
+
+    def mic_time(self, sample: int) -> float:
+        return self.t0 + sample / RATE
+
+    def settle(self) -> None:
+        """The turns' onset and end of speech: when their voiced edges were handed over."""
+        for turn, (on, off) in zip(self.turns, self.voiced, strict=True):
+            turn.onset_at = self.handed_over(on)
+            turn.end_at = self.handed_over(off - 1)
+
+    # the stream record that the gap figures read (as SessionState's)
+    @property
+    def arrivals(self) -> list[float]:
+        return [t for t, _ in self.playback.chunks]
+
+    @property
+    def stream_bytes(self) -> list[int]:
+        totals = [n for _, n in self.playback.chunks]
+        return [2 * (b - a) for a, b in zip([0, *totals], totals, strict=False)]
+
+
+def reply_over(
+    tk: Talker, turn: Spoken, end_mic: float, stopping: bool, args: argparse.Namespace
+) -> bool:
+    """Can the person speak again: the reply has finished playing, or none is coming?"""
+    v = view(turn, tk.events, tk.playback, start=turn.first_event)
+    now = trio.current_time()
+    if v.done is not None:
+        return True  # response.done comes once the playout has played the reply
+    if v.first_audio is None and now > end_mic + args.reply_timeout:
+        return True  # no reply (counted when the step is measured)
+    final = v.final
+    if final is not None and not final[1].strip() and now > final[0] + 1.0:
+        return True  # an empty transcript: the server does not answer
+    if stopping and v.first_audio is not None:
+        return True  # the step is over and this turn's figure is in
+    return now > end_mic + args.reply_timeout + 60
+
+
+async def talk(
+    tk: Talker,
+    mic: trio.MemorySendChannel[np.ndarray],
+    pool: list[corpus.Utterance],
+    first: int,
+    lead_s: float,
+    step: Step,
+    args: argparse.Namespace,
+    rng: random.Random,
+) -> None:
+    """The person at the microphone: sentences from ``pool`` (from ``first`` on), each
+    followed by silence until its reply has played, then a pause; until the step stops."""
+    chunk = RATE * args.chunk_ms // 1000
+    recorded = 0
+
+    async def say(samples: np.ndarray) -> None:
+        nonlocal recorded
+        for at in range(0, len(samples), chunk):
+            piece = samples[at : at + chunk]
+            recorded += len(piece)
+            await trio.sleep_until(tk.mic_time(recorded))  # a chunk once all of it is recorded
+            mic.send_nowait(piece)
+
+    async with mic:
+        tk.t0 = trio.current_time()
+        await say(silence(lead_s))
+        k = first
+        while not step.stop.is_set():
+            u = pool[k % len(pool)]
+            k += 1
+            turn = Spoken(engine(u.voice), u)
+            turn.start_at = tk.mic_time(recorded)
+            turn.first_event = len(tk.events.got)
+            if tk.turns:
+                tk.turns[-1].next_at = turn.start_at
+            tk.turns.append(turn)
+            tk.voiced.append((recorded + u.onset, recorded + u.offset))
+            end_mic = tk.mic_time(recorded + u.offset)
+            await say(u.samples)
+            while not reply_over(tk, turn, end_mic, step.stop.is_set(), args):
+                await say(silence(0.1))
+            if not step.stop.is_set():
+                await say(silence(rng.uniform(*args.pause_s)))
+
+
+async def upload_stream(
+    client: httpx.AsyncClient,
+    tk: Talker,
+    s: SessionHandle,
+    mic: trio.MemoryReceiveChannel[np.ndarray],
+    step: Step,
+) -> None:
+    """``stream`` style: every chunk on one chunked POST (``curl -T -``)."""
+
+    async def body() -> AsyncIterator[bytes]:
+        async with mic:
+            async for piece in mic:
+                yield piece.astype("<i2").tobytes()
+                tk.handed(trio.current_time(), len(piece))  # its write has finished
+
+    headers = {**s.auth, "Content-Type": "application/octet-stream"}
+    r = await client.post(s.urls["upload_audio"], content=body(), headers=headers)
+    if r.status_code != 204:
+        step.errors[f"upload HTTP {r.status_code}"] += 1
+
+
+async def upload_posts(
+    client: httpx.AsyncClient,
+    tk: Talker,
+    s: SessionHandle,
+    mic: trio.MemoryReceiveChannel[np.ndarray],
+    step: Step,
+) -> None:
+    """``posts`` style: one POST a chunk, in order, one in flight (the Swift client)."""
+    async with mic:
+        sequence = 0
+        async for piece in mic:
+            body = piece.astype("<i2").tobytes()
+            while True:
+                began = trio.current_time()
+                headers = {
+                    **s.auth,
+                    "Content-Type": "application/octet-stream",
+                    "X-Sequence": str(sequence),
+                }
+                r = await client.post(s.urls["upload_audio"], content=body, headers=headers)
+                tk.post_s.append(trio.current_time() - began)
+                if r.status_code != 429:
+                    break
+                tk.throttled += 1
+                await trio.sleep(float(r.headers.get("Retry-After", "1")))
+            if r.status_code != 204:
+                step.errors[f"upload HTTP {r.status_code}"] += 1
+            tk.handed(began, len(piece))
+            sequence += 1
+
+
+async def keep_reading(
+    what: str,
+    read: Callable[[httpx.AsyncClient, SessionHandle], Awaitable[None]],
+    client: httpx.AsyncClient,
+    s: SessionHandle,
+    step: Step,
+) -> None:
+    """Runs a recorder (stream or events) and counts it when it ends before the step does."""
+    try:
+        await read(client, s)
+    except httpx.HTTPError as exc:
+        if not step.stop.is_set():
+            step.errors[f"{what} {type(exc).__name__}"] += 1
+        return
+    if not step.stop.is_set():
+        step.errors[f"{what} ended early"] += 1
+
+
+async def run_talker(
+    base_url: str,
+    step: Step,
+    setup: trio.Semaphore,
+    pool: list[corpus.Utterance],
+    index: int,
+    args: argparse.Namespace,
+) -> None:
+    """Session ``index`` of the step's ``step.n``: set up, then talk once ``step.go`` is set."""
+    tk = Talker()
+    step.sessions.append(tk)
+    rng = random.Random(f"{step.n}:{index}")
+    slot = args.stagger_s / step.n  # session starts spread evenly, jittered in their slot
+    lead_s = 0.3 + index * slot + rng.uniform(0, min(1.0, slot))
+    first = index * len(pool) // step.n
+    note = SetupNote(step)
+    s: SessionHandle | None = None
+    phase = "setup"
+    upload = upload_stream if args.upload == "stream" else upload_posts
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=HTTP_TIMEOUT, limits=SESSION_LIMITS
+    ) as client:
+        try:
+            async with setup:
+                config = {"responder": "echo", "turn_detection": td_for(args.turn_detection)}
+                r = await client.post("/api/sessions", json=config)
+                if r.status_code != 201:
+                    step.errors[f"create HTTP {r.status_code}"] += 1
+                    return
+                info = r.json()
+                s = SessionHandle(info["id"], info["token"], info["urls"], info)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_reading, "stream", tk.playback.run, client, s, step)
+                nursery.start_soon(keep_reading, "events", tk.events.run, client, s, step)
+                await tk.events.wait_for("session.created", within=args.setup_timeout)
+                with trio.fail_after(args.setup_timeout):
+                    while True:  # the stream's first samples: it is open
+                        if tk.playback.n:
+                            break
+                        await trio.sleep(0.05)
+                note(True)
+                phase = "session"
+                await step.go.wait()
+                send, receive = trio.open_memory_channel[np.ndarray](math.inf)
+                async with trio.open_nursery() as person:
+                    person.start_soon(upload, client, tk, s, receive, step)
+                    person.start_soon(talk, tk, send, pool, first, lead_s, step, args, rng)
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # a bench counts failures, it does not stop
+            step.errors[f"{phase} {type(exc).__name__}"] += 1
+        finally:
+            note(False)
+            if s is not None:
+                await delete_session(client, s.id, s.auth, step)
 
 
 # -- the servers ------------------------------------------------------------------------
@@ -447,6 +690,14 @@ class Target:
         per = await self.sessions_per_instance()
         return None if per is None else sum(per)
 
+    async def scrape(self) -> dict[str, float]:
+        """The voxwire_* samples of every instance's ``/metrics``, summed."""
+        out: Counter[str] = Counter()
+        for s in self.servers:
+            async with httpx.AsyncClient(base_url=s.base_url, timeout=5) as client:
+                out.update(await server_counters(client))
+        return dict(out)
+
     def log_problems(self, offsets: list[int]) -> Counter[str]:
         out: Counter[str] = Counter()
         for s, off in zip(self.servers, offsets, strict=True):
@@ -498,17 +749,25 @@ def other_cpu(
 
 
 async def run_step(
-    target: Target, n: int, args: argparse.Namespace, speech: list[np.ndarray], baseline: int
-) -> dict:
+    target: Target,
+    n: int,
+    args: argparse.Namespace,
+    pool: list[corpus.Utterance],
+    baseline: int,
+) -> dict[str, Any]:
     step = Step(n, args.mode)
     setup = trio.Semaphore(args.setup_concurrency)
     lag: list[float] = []
+    depth: list[dict[str, float]] = []  # the scheduler's queue depth, read every second
     me = psutil.Process()
     offsets = [s.log_size() for s in target.servers]
     async with trio.open_nursery() as nursery:
         t_setup = trio.current_time()
-        for _ in range(n):
-            nursery.start_soon(run_session, target.base_url, step, setup, speech, args)
+        for i in range(n):
+            if loopback(args.mode):
+                nursery.start_soon(run_session, target.base_url, step, setup, args)
+            else:
+                nursery.start_soon(run_talker, target.base_url, step, setup, pool, i, args)
         with trio.move_on_after(args.setup_timeout):
             await step.settled.wait()
         setup_s = trio.current_time() - t_setup
@@ -519,6 +778,7 @@ async def run_step(
                 await loop_lag(lag)
 
         nursery.start_soon(lag_task)
+        metrics0 = await target.scrape()
         s_cpu0, c_cpu0, m_cpu0 = target.cpu_s(), sum(me.cpu_times()[:2]), cpu_by_process()
         t0 = trio.current_time()
         step.go.set()
@@ -528,16 +788,19 @@ async def run_step(
             await trio.sleep(min(1.0, end - trio.current_time()))
             if target.alive():
                 peak_rss = max(peak_rss, target.rss())
+                if not loopback(args.mode):
+                    depth.append(by_label(await target.scrape(), SCHED_DEPTH, "priority"))
         t1 = trio.current_time()
         s_cpu1, c_cpu1, m_cpu1 = target.cpu_s(), sum(me.cpu_times()[:2]), cpu_by_process()
+        metrics1 = await target.scrape() if target.alive() else metrics0
         ours = {me.pid, *(p.pid for p in target.processes())}
         other_s, other_top = other_cpu(m_cpu0, m_cpu1, ours)
         lag_scope.cancel()
         alive = target.alive()
         spread = await target.sessions_per_instance() if alive else None
-        # Talking sessions finish the turn in flight (its reply, or the reply timeout).
+        # Talking sessions finish the turn in flight (until its first reply audio).
         step.stop.set()
-        t_grace = trio.current_time()
+        t_grace = step.stop_at = trio.current_time()
         nursery.cancel_scope.deadline = t_grace + args.reply_timeout + 20
     grace_s = trio.current_time() - t_grace
     left = None
@@ -558,31 +821,16 @@ async def run_step(
         if inside.sum() > 1:
             gaps.extend(np.diff(a[inside]) * 1000)
         rx += int(b[inside].sum()) if len(a) else 0
-    turns = [t for st in step.sessions for t in st.turns]
-    lat = [t.latency * 1000 for t in turns]
-    answered = [x for x in lat if math.isfinite(x)]
-    waterfall = {
-        stage: [t.server_latency[stage] for t in turns if t.server_latency.get(stage) is not None]
-        for stage in STAGES
-    }
-    result = {
+    result: dict[str, Any] = {
         "sessions": n,
         "ready": step.ready,
         "setup_s": setup_s,
         "grace_s": grace_s,
         "measured_s": wall,
-        "turns": len(turns),
-        "answered": len(answered),
-        "eos_p50_ms": pct(lat, 50) if lat else math.nan,
-        "eos_p95_ms": pct(lat, 95) if lat else math.nan,
-        "eos_max_ms": max(answered) if answered else math.nan,
-        "server_p50_ms": {k: pct(v, 50) for k, v in waterfall.items()},
-        "server_p95_ms": {k: pct(v, 95) for k, v in waterfall.items()},
         "gap_p50_ms": pct(gaps, 50),
         "gap_p99_ms": pct(gaps, 99),
         "gap_max_ms": max(gaps) if gaps else math.nan,
         "audio_rx_pct": 100 * rx / (BYTES_PER_S * wall * max(1, step.ready)),
-        "errors": dict(step.errors),
         "server_alive": alive,
         "server_cpu_pct": 100 * (s_cpu1 - s_cpu0) / wall,
         "client_cpu_pct": 100 * (c_cpu1 - c_cpu0) / wall,
@@ -596,8 +844,131 @@ async def run_step(
         "sessions_per_instance": spread,
         "log": dict(target.log_problems(offsets)),
     }
+    if not loopback(args.mode):
+        talkers = [tk for tk in step.sessions if isinstance(tk, Talker)]
+        result |= conversation_figures(talkers, step, t0, t1)
+        result["scheduler"] = scheduler_figures(metrics0, metrics1, depth)
+        dropped0, dropped1 = (by_label(m, SCHED_DROPPED, "reason") for m in (metrics0, metrics1))
+        result["scheduler_dropped"] = {k: v - dropped0.get(k, 0.0) for k, v in dropped1.items()}
+        skipped = [m.get(PARTIALS_SKIPPED) for m in (metrics0, metrics1)]
+        result["partials_skipped"] = (
+            math.nan if None in skipped else float(skipped[1] or 0) - float(skipped[0] or 0)
+        )
+    result["errors"] = dict(step.errors)
     result["fails"] = verdict(result, args)
     return result
+
+
+def merge(into: Figures, f: Figures) -> None:
+    for k, v in f.values.items():
+        into.values.setdefault(k, []).extend(v)
+    into.edits += f.edits
+    into.words += f.words
+    into.turns += f.turns
+    into.split += f.split
+    into.missed += f.missed
+
+
+def p50_p95_ms(values: list[float]) -> tuple[float, float]:
+    """p50 and p95 in ms of values in seconds; NaN when empty. With an infinite value
+    (a turn without a reply) they are taken without interpolation, so inf stays inf."""
+    if not values:
+        return math.nan, math.nan
+    x = np.asarray(values) * 1000
+    method = "linear" if np.isfinite(x).all() else "higher"
+    p50, p95 = np.percentile(x, [50, 95], method=method)
+    return float(p50), float(p95)
+
+
+def conversation_figures(talkers: list[Talker], step: Step, t0: float, t1: float) -> dict[str, Any]:
+    """The turns whose speech ended in the measured window ``t0``..``t1``, scored."""
+    groups: dict[str, Figures] = {}
+    lag: list[float] = []
+    waterfall: dict[str, list[float]] = {k: [] for k in STAGES}
+    post_s: list[float] = []
+    throttled = 0
+    for tk in talkers:
+        tk.settle()
+        counted = [
+            t
+            for t, (_, off) in zip(tk.turns, tk.voiced, strict=True)
+            if t0 <= tk.mic_time(off) <= t1 and not math.isnan(t.end_at)
+        ]
+        for t, (_, off) in zip(tk.turns, tk.voiced, strict=True):
+            if t in counted:
+                lag.append(t.end_at - tk.mic_time(off))
+                v = view(t, tk.events, tk.playback, start=t.first_event, until=t.next_at)
+                latency = (v.done or {}).get("response", {}).get("latency") or {}
+                for k in STAGES:
+                    if latency.get(k) is not None:
+                        waterfall[k].append(latency[k])
+        for kind, f in measure(counted, tk.events, tk.playback).items():
+            merge(groups.setdefault(kind, Figures()), f)
+        post_s += tk.post_s
+        throttled += tk.throttled
+        for t, e in tk.events.got:
+            if t >= step.stop_at:
+                break
+            if e["type"] == "error":
+                step.errors[f"error event {e.get('error', {}).get('code')}"] += 1
+            elif e["type"] == "response.done":
+                status = e.get("response", {}).get("status")
+                if status != "completed":
+                    step.errors[f"response {status}"] += 1
+    every = Figures()
+    for f in groups.values():
+        merge(every, f)
+    answered = every.values.get("eos_first_audio", [])
+    eos = answered + [math.inf] * (every.turns - len(answered))  # no reply: never
+    eos_p50, eos_p95 = p50_p95_ms(eos)
+    onset = p50_p95_ms(every.values.get("onset_partial", []))
+    final = p50_p95_ms(every.values.get("eos_transcript", []))
+    return {
+        "turns": every.turns,
+        "answered": len(answered),
+        "split": every.split,
+        "missed": every.missed,
+        "eos_p50_ms": eos_p50,
+        "eos_p95_ms": eos_p95,
+        "eos_max_ms": 1000 * max(answered) if answered else math.nan,
+        "partial_p50_ms": onset[0],
+        "partial_p95_ms": onset[1],
+        "final_p50_ms": final[0],
+        "final_p95_ms": final[1],
+        "wer": {
+            k: {"edits": f.edits, "words": f.words}
+            for k, f in sorted({**groups, "all": every}.items())
+        },
+        "upload_lag_p50_ms": p50_p95_ms(lag)[0],
+        "upload_lag_p95_ms": p50_p95_ms(lag)[1],
+        "post_p50_ms": p50_p95_ms(post_s)[0],
+        "post_p95_ms": p50_p95_ms(post_s)[1],
+        "throttled": throttled,
+        "server_p50_ms": {k: pct(v, 50) for k, v in waterfall.items()},
+        "server_p95_ms": {k: pct(v, 95) for k, v in waterfall.items()},
+    }
+
+
+def scheduler_figures(
+    before: dict[str, float], after: dict[str, float], depth: list[dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Queue wait (from the histogram's growth over the step) and depth, by priority."""
+    out: dict[str, dict[str, float]] = {}
+    for prio, buckets in histogram_delta(before, after, SCHED_WAIT, "priority").items():
+        out[prio] = {
+            "jobs": buckets[-1][1] if buckets else 0.0,
+            "wait_p50_ms": 1000 * histogram_quantile(buckets, 0.50),
+            "wait_p95_ms": 1000 * histogram_quantile(buckets, 0.95),
+        }
+    for prio in sorted({p for d in depth for p in d}):
+        seen = [d.get(prio, 0.0) for d in depth]
+        out.setdefault(prio, {}).update(depth_mean=float(np.mean(seen)), depth_max=max(seen))
+    return out
+
+
+def wer_of(r: dict[str, Any], group: str = "all") -> float:
+    w = r.get("wer", {}).get(group)
+    return w["edits"] / w["words"] if w and w["words"] else math.nan
 
 
 def verdict(r: dict, args: argparse.Namespace) -> list[str]:
@@ -628,7 +999,7 @@ def ms(x: float) -> str:
 
 
 def waterfall(r: dict) -> str:
-    """The server's per-stage latency line (p50/p95 from ``/metrics``)."""
+    """The server's per-stage latency line (p50/p95 of ``response.done``'s ``latency``)."""
     p50, p95 = r["server_p50_ms"], r["server_p95_ms"]
     return "  server's waterfall from end of speech, ms p50/p95: " + ", ".join(
         f"{k.removesuffix('_ms')} {ms(p50[k])}/{ms(p95[k])}" for k in STAGES
@@ -639,7 +1010,66 @@ def errors_text(errors: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "0"
 
 
-def show_step(r: dict, args: argparse.Namespace) -> None:
+def pair(a: float, b: float) -> str:
+    return f"{ms(a)} / {ms(b)}"
+
+
+def wer_text(r: dict[str, Any], group: str = "all") -> str:
+    w = r["wer"].get(group)
+    return "n/a" if not w or not w["words"] else f"{w['edits'] / w['words']:.1%} of {w['words']}"
+
+
+def scheduler_text(r: dict[str, Any]) -> str:
+    sched = r["scheduler"]
+    waits = [
+        f"{p} {pair(f['wait_p50_ms'], f['wait_p95_ms'])} ({f['jobs']:.0f} jobs)"
+        for p, f in sorted(sched.items())
+        if "wait_p50_ms" in f
+    ]
+    depths = [
+        f"{p} {f['depth_mean']:.1f} / {f['depth_max']:.0f}"
+        for p, f in sorted(sched.items())
+        if "depth_mean" in f
+    ]
+    dropped = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["scheduler_dropped"].items()))
+    skipped = r["partials_skipped"]
+    return (
+        f"  scheduler queue wait ms p50/p95 by priority: {', '.join(waits) or 'n/a'}\n"
+        f"  scheduler queue depth mean/max by priority: {', '.join(depths) or 'n/a'} | jobs "
+        f"dropped: {dropped or ('none' if sched else 'n/a')} | partials skipped: {ms(skipped)}"
+    )
+
+
+def show_conversation(r: dict[str, Any], args: argparse.Namespace) -> None:
+    print(
+        f"  turns {r['turns']} ({r['answered']} answered, {r['split']} split, {r['missed']} "
+        f"missed) | end of speech -> first reply audio ms p50 {ms(r['eos_p50_ms'])}  p95 "
+        f"{ms(r['eos_p95_ms'])}  max answered {ms(r['eos_max_ms'])}"
+    )
+    print(
+        f"  speech onset -> first partial ms p50/p95 "
+        f"{pair(r['partial_p50_ms'], r['partial_p95_ms'])} | end of speech -> final "
+        f"transcript {pair(r['final_p50_ms'], r['final_p95_ms'])}"
+    )
+    print(
+        f"  WER {wer_text(r)} words (piper {wer_text(r, 'piper')}, espeak-ng "
+        f"{wer_text(r, 'espeak')})"
+    )
+    posts = (
+        f" | POST round trip ms p50/p95 {pair(r['post_p50_ms'], r['post_p95_ms'])}, "
+        f"{r['throttled']} answered 429"
+        if args.upload == "posts"
+        else ""
+    )
+    print(
+        f"  upload lag (end of speech at the microphone -> handed over) ms p50/p95 "
+        f"{pair(r['upload_lag_p50_ms'], r['upload_lag_p95_ms'])}{posts}"
+    )
+    print(waterfall(r))
+    print(scheduler_text(r))
+
+
+def show_step(r: dict[str, Any], args: argparse.Namespace) -> None:
     held = "HELD" if not r["fails"] else "FAILED: " + "; ".join(r["fails"])
     print(
         f"\n== {r['sessions']} sessions: {held}\n"
@@ -647,12 +1077,7 @@ def show_step(r: dict, args: argparse.Namespace) -> None:
         f"{r['grace_s']:.1f} s to wind down (turns in flight finish)"
     )
     if not loopback(args.mode):
-        print(
-            f"  turns {r['turns']} ({r['answered']} answered) | end of speech -> first reply "
-            f"audio ms p50 {ms(r['eos_p50_ms'])}  p95 {ms(r['eos_p95_ms'])}  max answered "
-            f"{ms(r['eos_max_ms'])}"
-        )
-        print(waterfall(r))
+        show_conversation(r, args)
     print(
         f"  stream gap ms p50 {r['gap_p50_ms']:.1f}  p99 {r['gap_p99_ms']:.1f}  max "
         f"{r['gap_max_ms']:.0f} | audio received {r['audio_rx_pct']:.1f}% of real time"
@@ -676,18 +1101,19 @@ def show_step(r: dict, args: argparse.Namespace) -> None:
     sys.stdout.flush()
 
 
-def show_table(results: list[dict], args: argparse.Namespace) -> None:
+def show_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     tail = "server / client / other CPU | client lag p99 (ms) | RSS per session (marginal) | held |"
     if loopback(args.mode):
         print(f"\n| sessions | gap p50 / p99 / max (ms) | audio rx | errors | {tail}")
         print("|---:|---|---:|---|---|---:|---|---|")
     else:
         print(
-            "\n| sessions | turns | end of speech → first audio p50 / p95 (ms) | gap p50 / p99 "
-            f"/ max (ms) | errors | {tail}"
+            "\n| sessions | turns | end of speech → first audio p50 / p95 (ms) | onset → first "
+            "partial p50 / p95 (ms) | WER | scheduler wait p95 (ms) | gap p50 / p99 / max (ms) "
+            f"| errors | {tail}"
         )
-        print("|---:|---:|---|---|---|---|---:|---|---|")
-    prev: dict | None = None
+        print("|---:|---:|---|---|---|---|---|---|---|---:|---|---|")
+    prev: dict[str, Any] | None = None
     for r in results:
         marginal = (
             (r["rss_mb"] - prev["rss_mb"]) / (r["sessions"] - prev["sessions"])
@@ -706,17 +1132,27 @@ def show_table(results: list[dict], args: argparse.Namespace) -> None:
         if loopback(args.mode):
             print(f"| {r['sessions']} | {gap} | {r['audio_rx_pct']:.0f}% | {common}")
         else:
-            lat = f"{ms(r['eos_p50_ms'])} / {ms(r['eos_p95_ms'])}"
-            print(f"| {r['sessions']} | {r['turns']} | {lat} | {gap} | {common}")
+            lat = pair(r["eos_p50_ms"], r["eos_p95_ms"])
+            partial = pair(r["partial_p50_ms"], r["partial_p95_ms"])
+            waits = ", ".join(
+                f"{p} {ms(f['wait_p95_ms'])}"
+                for p, f in sorted(r["scheduler"].items())
+                if "wait_p95_ms" in f
+            )
+            print(
+                f"| {r['sessions']} | {r['turns']} | {lat} | {partial} | {wer_text(r)} | "
+                f"{waits or 'n/a'} | {gap} | {common}"
+            )
 
 
-def show_summary(results: list[dict], args: argparse.Namespace, target: Target) -> None:
+def show_summary(results: list[dict[str, Any]], args: argparse.Namespace, target: Target) -> None:
     cores = psutil.cpu_count() or 1
     held = [r for r in results if not r["fails"]]
     where = (
         f"{len(target.servers)} processes behind nginx" if clustered(args.mode) else "one process"
     )
-    print(f"\n== summary ({args.mode}: {where}; client and server share {cores} cores)")
+    style = "" if loopback(args.mode) else f", upload {args.upload} ({args.chunk_ms} ms chunks)"
+    print(f"\n== summary ({args.mode}: {where}{style}; client and server share {cores} cores)")
     if not held:
         print("  no step held")
         return
@@ -733,8 +1169,23 @@ def show_summary(results: list[dict], args: argparse.Namespace, target: Target) 
     )
     if not loopback(args.mode):
         print(
-            f"  at {best['sessions']}: end of speech -> first audio p50 {ms(best['eos_p50_ms'])}"
-            f" / p95 {ms(best['eos_p95_ms'])} ms over {best['turns']} turns"
+            f"  at {best['sessions']}: end of speech -> first reply audio p50 "
+            f"{ms(best['eos_p50_ms'])} / p95 {ms(best['eos_p95_ms'])} ms over {best['turns']} "
+            f"turns; speech onset -> first partial p50 {ms(best['partial_p50_ms'])} / p95 "
+            f"{ms(best['partial_p95_ms'])} ms"
+        )
+        one = next((r for r in results if r["sessions"] == 1), None)
+        print(
+            f"  at {best['sessions']}: WER {wer_text(best)} words"
+            + ("" if one is None else f" (1 session: {wer_text(one)})")
+        )
+        print(scheduler_text(best).replace("  scheduler", f"  at {best['sessions']}: scheduler"))
+        goal = best["sessions"] >= 8 and (
+            one is None or not wer_of(best) > wer_of(one) or best is one
+        )
+        print(
+            f"  goal (>= 8 sessions with p95 <= {args.latency_limit_ms:g} ms and WER no worse "
+            f"than with one session): {'met' if goal else 'not met'}"
         )
     print(
         f"  at {best['sessions']}: p99 chunk gap {best['gap_p99_ms']:.0f} ms, RSS "
@@ -752,18 +1203,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=MODES, default="pipeline")
     p.add_argument("--steps", help="comma-separated session counts (default: per mode)")
     p.add_argument(
-        "--step-s", type=float, help="measured seconds per step (default 40, transport 30)"
+        "--step-s", type=float, help="measured seconds per step (default 60, transport 30)"
     )
     p.add_argument(
         "--instances", type=int, default=psutil.cpu_count() or 2, help="cluster mode: processes"
     )
-    p.add_argument("--latency-limit-ms", type=float, default=1000.0, help="p95 limit")
+    p.add_argument(
+        "--upload",
+        choices=tuple(UPLOAD_CHUNK_MS),
+        default="stream",
+        help="talking sessions: 20 ms chunks on one chunked POST, or 100 ms chunks one POST each",
+    )
+    p.add_argument(
+        "--chunk-ms", type=int, help="upload chunks (default: stream 20, posts 100, transport 100)"
+    )
+    p.add_argument(
+        "--turn-detection",
+        default="server_vad:500",
+        help="server_vad[:silence_ms] or semantic_vad[:eagerness]",
+    )
+    p.add_argument("--voices", default="", help="comma-separated; default all available")
+    p.add_argument("--noise-every", type=int, default=3, help="1 turn in N gets pink noise")
+    p.add_argument("--latency-limit-ms", type=float, default=1200.0, help="p95 limit")
     p.add_argument("--gap-limit-ms", type=float, help="p99 gap limit (100, transport 50)")
-    p.add_argument("--reply-timeout", type=float, default=8.0, help="s; then 'missing reply'")
-    p.add_argument("--stagger-s", type=float, default=3.0, help="random extra lead silence")
+    p.add_argument(
+        "--reply-timeout", type=float, default=8.0, help="s from end of speech to first audio"
+    )
+    p.add_argument("--stagger-s", type=float, default=10.0, help="session starts spread over")
     p.add_argument("--pause-min-s", type=float, default=0.5, help="pause after a reply")
     p.add_argument("--pause-max-s", type=float, default=1.5)
-    p.add_argument("--chunk-ms", type=int, default=100, help="transport mode: upload chunks")
     p.add_argument("--setup-concurrency", type=int, default=32)
     p.add_argument("--setup-timeout", type=float, default=120.0)
     p.add_argument("--all-steps", action="store_true", help="do not stop at the first failure")
@@ -771,22 +1239,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.levels = [int(x) for x in (args.steps or DEFAULT_STEPS[args.mode]).split(",")]
     if args.step_s is None:
-        args.step_s = 30.0 if loopback(args.mode) else 40.0
+        args.step_s = 30.0 if loopback(args.mode) else 60.0
     if args.gap_limit_ms is None:
         args.gap_limit_ms = DEFAULT_GAP_LIMIT_MS[args.mode]
+    if args.chunk_ms is None:
+        args.chunk_ms = 100 if loopback(args.mode) else UPLOAD_CHUNK_MS[args.upload]
     args.pause_s = (args.pause_min_s, args.pause_max_s)
+    td_for(args.turn_detection)  # fail early on a typo
     return args
 
 
-async def main(args: argparse.Namespace) -> list[dict]:
-    speech: list[np.ndarray] = []
+async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    pool: list[corpus.Utterance] = []
     if not loopback(args.mode):
-        speech = [synthesize((t,), gap_s=0.0, lead_s=0.0).samples for t in SENTENCES]
-        seconds = sum(len(s) for s in speech) / len(speech) / RATE
-        print(f"{len(speech)} Piper sentences, {seconds:.1f} s each on average")
+        voices = tuple(args.voices.split(",")) if args.voices else corpus.available_voices()
+        pool = speech_pool(voices, args.noise_every)  # renders (or loads) before the server
+        speech = [u.speech_s for u in pool]
+        print(
+            f"{len(pool)} conversational sentences, speech {np.mean(speech):.1f} s mean "
+            f"({min(speech):.1f}-{max(speech):.1f} s), voices {', '.join(voices)}, 1 in "
+            f"{args.noise_every} with pink noise; upload {args.upload}: {args.chunk_ms} ms "
+            + ("chunks on one chunked POST" if args.upload == "stream" else "chunks, one POST each")
+            + f"; turn detection {args.turn_detection}"
+        )
     log_dir = Path(tempfile.mkdtemp(prefix="voxwire-load-"))
     target = Target(args.mode, args.instances, log_dir)
-    results: list[dict] = []
+    results: list[dict[str, Any]] = []
     await target.start()
     try:
         await trio.sleep(1)
@@ -808,7 +1286,7 @@ async def main(args: argparse.Namespace) -> list[dict]:
             if not target.alive():
                 print("a server process died; stopping")
                 break
-            r = await run_step(target, n, args, speech, baseline)
+            r = await run_step(target, n, args, pool, baseline)
             results.append(r)
             show_step(r, args)
             if r["fails"] and not args.all_steps:

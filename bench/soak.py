@@ -59,8 +59,9 @@ import psutil
 import trio
 from _common import ROOT
 from httpx_sse import aconnect_sse
-from latency import CHUNK, RATE, SENTENCES
+from latency import RATE, SENTENCES
 from load import (
+    CHUNK,
     HTTP_TIMEOUT,
     STAGES,
     Pacer,
