@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from app import ServerConfig, create_app, serve
+from tests import tools
 
 if TYPE_CHECKING:
     from app._registry import SessionRegistry
@@ -125,3 +126,10 @@ async def never_reading_stream(url: str, s: SessionHandle) -> socket.socket:
     )
     sock.send(head.encode())
     return sock
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under CI nothing may be skipped for a missing tool: stop here, naming them all."""
+    if tools.on_ci() and tools.NEEDED:
+        lines = "\n".join(f"  {reason}" for reason in tools.NEEDED.values())
+        pytest.exit(f"CI=true and tools are missing (.ci/system-deps installs them):\n{lines}", 3)

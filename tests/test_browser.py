@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from audio import StreamResampler
+from tests import tools
 from tests.speech import synthesize
 from tests.voice import wer
 
@@ -34,9 +35,12 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = os.environ.get("VOXWIRE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 SENTENCE = "Please turn on the lights in the kitchen."
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("VOXWIRE_SKIP_BROWSER") == "1", reason="VOXWIRE_SKIP_BROWSER=1"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("VOXWIRE_SKIP_BROWSER") == "1", reason="VOXWIRE_SKIP_BROWSER=1"
+    ),
+    tools.needs(CHROMIUM, package="chromium", what="the browser page tests"),
+]
 
 
 def fake_mic_wav(path: Path, sentences: tuple[str, ...], tail_s: float) -> None:

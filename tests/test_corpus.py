@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-from tests import corpus
+from tests import corpus, tools
 
 
 def _need_espeak() -> None:
-    if corpus.espeak_available():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("espeak-ng is missing on CI (.ci/run installs it)")
-    pytest.skip("espeak-ng is not installed (apt install espeak-ng): espeak voices untested")
+    tools.require("espeak-ng", what="the espeak-ng voices")
 
 
 @pytest.mark.parametrize("name", corpus.VOICE_NAMES)

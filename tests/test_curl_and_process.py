@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,18 +15,18 @@ from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
-import pytest
 import soundfile as sf
 import trio
 
 from deploy.cluster import wait_healthy
+from tests import tools
 from tests.conftest import create_session, free_port, never_reading_stream, tone
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+pytestmark = tools.needs("curl", what="the curl and process tests")
 
 
 async def test_curl_T_upload_and_curl_N_stream(client: httpx.AsyncClient, tmp_path: Path) -> None:

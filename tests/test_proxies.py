@@ -7,7 +7,6 @@ The proxies run the committed configs with only their ports rewritten
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +19,7 @@ import trio
 
 from app import ServerConfig, create_app, serve
 from deploy.cluster import SESSION_ID_HEADER, proxy_command, wait_healthy
+from tests import tools
 from tests.conftest import Running, free_port
 from tests.speech import synthesize
 from tests.voice import realtime_chunks, wer
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from app import Session
 
 PROXIES = [
-    pytest.param(name, marks=pytest.mark.skipif(not shutil.which(name), reason=f"no {name}"))
+    pytest.param(name, marks=tools.needs(name, what=f"the {name} proxy tests"))
     for name in ("nginx", "haproxy")
 ]
 

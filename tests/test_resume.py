@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import trio
 from voxwire_client import Event, ReconnectPolicy, VoxwireClient
 
 from deploy.cluster import proxy_command
+from tests import tools
 from tests.relay import NO_FAULT, Fault, Relay
 from tests.speech import synthesize
 from tests.test_proxies import start_cluster
@@ -231,7 +231,7 @@ async def test_a_conversation_survives_random_cuts(
         assert record.reconnects(stream) >= 1, (stream, record.notices)
 
 
-@pytest.mark.skipif(not shutil.which("nginx"), reason="no nginx")
+@tools.needs("nginx", what="the nginx restart test")
 async def test_a_conversation_survives_nginx_restarts(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
