@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from functools import partial
+
+# numpy's OpenBLAS pool spins beside every Whisper decode (~110 ms of CPU each, measured
+# by bench/batch.py) for matrix work that is tiny here: one thread. Set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import trio
 

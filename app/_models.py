@@ -133,11 +133,14 @@ class ModelHub:
         batch: Callable[[Sequence[Any]], Sequence[T]],
         item: Any,
         *,
+        group: Hashable,
         key: Hashable | None = None,
     ) -> T:
-        """``batch([item])[0]``, batched with like jobs of other sessions when queued."""
+        """``batch([item])[0]``, batched with queued jobs of the same ``group``."""
         try:
-            return await self.scheduler.submit_batchable(model, priority, batch, item, key=key)
+            return await self.scheduler.submit_batchable(
+                model, priority, batch, item, group=group, key=key
+            )
         except ModelError:
             self._metrics.model_errors.labels(model).inc()
             raise

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# as run.py does for the server (in-process here): before numpy loads, where it has not
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass

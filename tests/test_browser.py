@@ -160,9 +160,10 @@ async def test_barge_in_silences_the_page(server: Running, tmp_path: Path) -> No
     wav = tmp_path / "mic.wav"
     first = "Tell me everything you know about the history of the Roman empire."
     second = "Stop, that is enough."
-    # The second sentence starts 1.8 s after the first ends: the echo (~0.7 s after the end
-    # of speech, ~3.5 s long) has played about a second of itself by then.
-    speech = synthesize((first, second), gap_s=1.8, lead_s=1.0)
+    # The second sentence starts 3 s after the first ends: the echo (~0.7 s after the end
+    # of speech on a quiet machine, ~3.5 s long) is still playing then even when Chromium
+    # and the models share a slow CPU (CI once took over 1.8 s to start it).
+    speech = synthesize((first, second), gap_s=3.0, lead_s=1.0)
     pcm = StreamResampler(16000, 48000).feed(speech.samples, last=True)
     pcm = np.concatenate([pcm, np.zeros(8 * 48000, np.int16)])
     with wave.open(str(wav), "wb") as w:

@@ -158,7 +158,9 @@ async def test_queued_jobs_of_one_batch_function_run_as_one_call(
     results: dict[str, str] = {}
 
     async def job(item: str, priority: Priority = Priority.FIRST) -> None:
-        results[item] = await one_worker.submit_batchable("stt", priority, upper, item)
+        results[item] = await one_worker.submit_batchable(
+            "stt", priority, upper, item, group="upper"
+        )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(one_worker.submit, "stt", Priority.FIRST, gate)

@@ -44,6 +44,7 @@ from audio.turn_taking import (
     Words,
 )
 from models import ModelError
+from models.stt import window_frames
 from models.turn_text import TextTurn, has_words, is_backchannel, text_turn
 
 if TYPE_CHECKING:
@@ -447,13 +448,17 @@ class _Listener:
             try:
                 # the sized window for all (bench/wer.py: no worse than the 30 s one on
                 # conversational speech, +0.8 points on short commands, 2.5-4x faster)
-                text = await hub.infer(
+                partial = kind == "partial"
+                text = await hub.infer_batchable(
                     "stt",
-                    Priority.PARTIAL if kind == "partial" else Priority.FIRST,
-                    functools.partial(hub.models.stt.transcribe, retry=kind != "partial"),
+                    Priority.PARTIAL if partial else Priority.FIRST,
+                    functools.partial(hub.models.stt.transcribe_batch, retry=not partial),
                     audio,
+                    # decodes waiting together from several sessions run as one batch;
+                    # one window size per batch keeps each text what it would be alone
+                    group=("stt", partial, window_frames(len(audio))),
                     # a newer partial of this session replaces a queued one
-                    key=(self, "partial") if kind == "partial" else None,
+                    key=(self, "partial") if partial else None,
                 )
             except Stale:  # (one partial in flight per session: not expected)
                 await self._results.send(_Decoded(kind, turn, key, ""))
