@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 /// A piece of the assistant's voice from `stream_audio`: PCM16 mono samples at `sampleRate`.
 ///
 /// The server writes a 20 ms frame every 20 ms (silence when the assistant is quiet), so
@@ -228,17 +232,7 @@ enum AudioStreamReconnect {
     /// Whether a transport failure may go away by connecting again. A cancelled task (the
     /// consumer stopped), a bad URL or a TLS/authentication refusal will not.
     static func isTransient(_ error: Error) -> Bool {
-        guard let error = error as? URLError else { return false }
-        switch error.code {
-        case .cancelled, .badURL, .unsupportedURL, .userCancelledAuthentication,
-            .userAuthenticationRequired, .appTransportSecurityRequiresSecureConnection,
-            .serverCertificateUntrusted, .serverCertificateHasBadDate,
-            .serverCertificateNotYetValid, .serverCertificateHasUnknownRoot,
-            .clientCertificateRejected, .clientCertificateRequired:
-            return false
-        default:
-            return true
-        }
+        NetworkFailure.isTransient(error)
     }
 }
 

@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 /// Sends microphone audio to `upload_audio` as 100 ms chunks, one request at a time, in order.
 ///
 /// Audio of any length goes in with ``append(_:)``; it is cut into chunks of exactly
@@ -9,9 +13,11 @@ import Foundation
 ///
 /// Failures:
 /// - **429** (the server's pipeline is behind): wait `Retry-After`, resend the same chunk.
-/// - **Network errors, 502/503/504**: back off (0.25 s, doubling to 4 s) and resend the same
+/// - **Network errors, 408/502/503/504**: back off (0.25 s, doubling to 4 s) and resend the same
 ///   `X-Sequence`, up to ``maxRetries`` times. Resending is safe: if the lost attempt had
-///   arrived, the server answers 204 with `X-Accepted-Bytes: 0` and appends nothing.
+///   arrived, the server answers 204 with `X-Accepted-Bytes: 0` and appends nothing. Any
+///   `URLError` but a cancellation, a bad URL or a TLS refusal counts (on Linux a lost
+///   response is `.badServerResponse` or `.unknown`, not `.networkConnectionLost`).
 /// - **Any other status** (404 session gone, 409, 413...) is final: the uploader stops, and
 ///   ``append(_:)`` and ``flush()`` throw that ``VoxwireError`` from then on.
 ///
@@ -42,6 +48,7 @@ public actor AudioUploader {
     }
 
     private let session: URLSession
+    private let router: DataTaskRouter
     private let endpoint: Endpoint
     private var buffer = Data()
     private var pending: [Chunk] = []
@@ -52,8 +59,9 @@ public actor AudioUploader {
     private var wake: CheckedContinuation<Void, Never>?
     private var drainWaiters: [CheckedContinuation<Void, Error>] = []
 
-    init(session: URLSession, endpoint: Endpoint, inputSampleRate: Int) {
+    init(session: URLSession, router: DataTaskRouter, endpoint: Endpoint, inputSampleRate: Int) {
         self.session = session
+        self.router = router
         self.endpoint = endpoint
         self.chunkBytes = inputSampleRate * Self.chunkMilliseconds / 1000 * MemoryLayout<Int16>.size
     }
@@ -140,8 +148,8 @@ public actor AudioUploader {
             let request = Requests.uploadAudio(endpoint, sequence: chunk.sequence)
             let answer: (Data, HTTPURLResponse)
             do {
-                answer = try await session.voxwireUpload(request, from: chunk.body)
-            } catch let error as URLError where Self.isTransient(error) {
+                answer = try await session.voxwireUpload(request, from: chunk.body, router: router)
+            } catch where NetworkFailure.isTransient(error) {
                 // The chunk may or may not have arrived: resending it is safe either way.
                 failures += 1
                 guard failures <= Self.maxRetries else { throw error }
@@ -157,7 +165,7 @@ public actor AudioUploader {
             case 429:
                 let error = VoxwireError(response: response, body: body)
                 try await Self.sleep(seconds: error.retryAfter ?? 1)
-            case 502, 503, 504:
+            case 408, 502, 503, 504:  // 408: the body did not arrive whole; resending is safe
                 let error = VoxwireError(response: response, body: body)
                 failures += 1
                 guard failures <= Self.maxRetries else { throw error }
@@ -176,16 +184,6 @@ public actor AudioUploader {
         }
     }
 
-    private static func isTransient(_ error: URLError) -> Bool {
-        switch error.code {
-        case .timedOut, .networkConnectionLost, .notConnectedToInternet, .cannotConnectToHost,
-            .cannotFindHost, .dnsLookupFailed:
-            return true
-        default:
-            return false
-        }
-    }
-
     private static func backoff(_ failures: Int) -> TimeInterval {
         min(4, 0.25 * pow(2, Double(failures - 1)))
     }
@@ -196,23 +194,40 @@ public actor AudioUploader {
 }
 
 extension URLSession {
-    /// `uploadTask(with:from:completionHandler:)` as an async call; cancelling the calling
-    /// task cancels the upload.
-    func voxwireUpload(_ request: URLRequest, from body: Data) async throws -> (Data, HTTPURLResponse) {
+    /// One chunk upload as an async call; cancelling the calling task cancels the upload.
+    ///
+    /// On Apple platforms: `uploadTask(with:from:completionHandler:)`, sent with a
+    /// `Content-Length`. On Linux that would break on a reused connection:
+    /// swift-corelibs-foundation cannot rewind a `Data` body, so when libcurl resends a
+    /// request after a kept-alive connection died (it does so by itself when nothing was
+    /// received yet), it sends the headers and no body at all, and the server answers 408
+    /// after its 10 s idle timeout. There the chunk goes as a body stream that `router`
+    /// hands out again for each attempt (`needNewBodyStream`): a `dataTask` whose body is
+    /// sent chunked.
+    func voxwireUpload(
+        _ request: URLRequest, from body: Data, router: DataTaskRouter
+    ) async throws -> (Data, HTTPURLResponse) {
         let holder = TaskHolder()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                let task = uploadTask(with: request, from: body) { data, response, error in
-                    if let error {
-                        continuation.resume(throwing: error)
-                    } else if let http = response as? HTTPURLResponse {
-                        continuation.resume(returning: (data ?? Data(), http))
-                    } else {
-                        continuation.resume(throwing: VoxwireClientError.invalidResponse("not HTTP"))
+                #if canImport(FoundationNetworking)
+                    let receiver = UploadReceiver(onErrorStatus: {}) { outcome in
+                        continuation.resume(with: outcome.map { ($0.1, $0.0) })
                     }
-                }
-                holder.set(task)
-                task.resume()
+                    holder.set(router.startUpload(request, replaying: body, on: self, receiver: receiver))
+                #else
+                    let task = uploadTask(with: request, from: body) { data, response, error in
+                        if let error {
+                            continuation.resume(throwing: error)
+                        } else if let http = response as? HTTPURLResponse {
+                            continuation.resume(returning: (data ?? Data(), http))
+                        } else {
+                            continuation.resume(throwing: VoxwireClientError.invalidResponse("not HTTP"))
+                        }
+                    }
+                    holder.set(task)
+                    task.resume()
+                #endif
             }
         } onCancel: {
             holder.cancel()

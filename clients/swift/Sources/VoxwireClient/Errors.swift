@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 /// An error answered by the server, decoded from its OpenAI-style JSON body:
 ///
 /// ```json
@@ -22,10 +26,13 @@ public struct VoxwireError: Error, Sendable, Equatable, CustomStringConvertible 
     public let type: String?
     /// `Retry-After` in seconds (429 and 503).
     public let retryAfter: TimeInterval?
+    /// `X-Accepted-Bytes`: how much of a streamed upload the server kept before it answered
+    /// this error (everything accepted stays accepted), so the app knows where to resume.
+    public let acceptedBytes: Int?
 
     public init(
         status: Int, code: String, message: String, param: String? = nil, type: String? = nil,
-        retryAfter: TimeInterval? = nil
+        retryAfter: TimeInterval? = nil, acceptedBytes: Int? = nil
     ) {
         self.status = status
         self.code = code
@@ -33,6 +40,7 @@ public struct VoxwireError: Error, Sendable, Equatable, CustomStringConvertible 
         self.param = param
         self.type = type
         self.retryAfter = retryAfter
+        self.acceptedBytes = acceptedBytes
     }
 
     public var description: String {
@@ -54,18 +62,43 @@ public struct VoxwireError: Error, Sendable, Equatable, CustomStringConvertible 
     /// Decodes an error response; a body that is not voxwire's JSON still gives an error.
     init(response: HTTPURLResponse, body: Data) {
         let retryAfter = response.value(forHTTPHeaderField: "Retry-After").flatMap(TimeInterval.init)
+        let accepted = response.value(forHTTPHeaderField: "X-Accepted-Bytes").flatMap(Int.init)
         if let decoded = try? JSONDecoder().decode(Body.self, from: body) {
             self.init(
                 status: response.statusCode, code: decoded.error.code ?? "error",
                 message: decoded.error.message ?? "", param: decoded.error.param,
-                type: decoded.error.type, retryAfter: retryAfter)
+                type: decoded.error.type, retryAfter: retryAfter, acceptedBytes: accepted)
         } else {
             let text = String(decoding: body.prefix(200), as: UTF8.self)
             self.init(
                 status: response.statusCode, code: "http_\(response.statusCode)",
                 message: text.isEmpty ? HTTPURLResponse.localizedString(
                     forStatusCode: response.statusCode) : text,
-                retryAfter: retryAfter)
+                retryAfter: retryAfter, acceptedBytes: accepted)
+        }
+    }
+}
+
+/// Which transport failures are worth another attempt.
+enum NetworkFailure {
+    /// Whether a failed request may succeed if sent again: anything but a cancellation (the
+    /// app stopped it), a bad URL or a TLS/authentication refusal.
+    ///
+    /// Deliberately broad: swift-corelibs-foundation (Linux) reports most libcurl failures
+    /// as `URLError.unknown` (a connection closed mid-body: "transfer closed with outstanding
+    /// read data remaining") or `.badServerResponse` (closed before any response byte), where
+    /// Apple's URLSession says `.networkConnectionLost`. Every caller bounds its attempts.
+    static func isTransient(_ error: Error) -> Bool {
+        guard let error = error as? URLError else { return false }
+        switch error.code {
+        case .cancelled, .badURL, .unsupportedURL, .userCancelledAuthentication,
+            .userAuthenticationRequired, .appTransportSecurityRequiresSecureConnection,
+            .serverCertificateUntrusted, .serverCertificateHasBadDate,
+            .serverCertificateNotYetValid, .serverCertificateHasUnknownRoot,
+            .clientCertificateRejected, .clientCertificateRequired:
+            return false
+        default:
+            return true
         }
     }
 }

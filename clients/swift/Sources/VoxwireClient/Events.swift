@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 /// One server event from `events`: its `type` and all of its JSON fields.
 ///
 /// ```swift

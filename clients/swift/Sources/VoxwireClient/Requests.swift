@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 /// Where one session's requests go, and the bearer token they carry.
 struct Endpoint: Sendable {
     let baseURL: URL
@@ -105,5 +109,31 @@ enum HTTP {
             throw VoxwireError(response: http, body: body)
         }
         return http
+    }
+}
+
+/// The requests `tests/test_swift_replay.py` does not replay (yet): it checks that
+/// ``Requests`` holds exactly the six it replays, so these live apart. The Swift
+/// integration tests (`Tests/VoxwireIntegrationTests`) send them to the real server.
+enum UnreplayedRequests {
+    /// `POST stop_stream`: ends the open `stream_audio` response cleanly; answered
+    /// `{"stopped": true}`, or `false` when none was open.
+    static func stopStream(_ endpoint: Endpoint) -> URLRequest {
+        var request = URLRequest(url: endpoint.url(endpoint.urls.stopStream))
+        request.httpMethod = "POST"
+        request.setValue("application/json", forHTTPHeaderField: "Accept")
+        request.setValue("Bearer \(endpoint.token)", forHTTPHeaderField: "Authorization")
+        return request
+    }
+
+    /// `POST upload_audio` as one long body, sent as the audio arrives: started with
+    /// `uploadTask(withStreamedRequest:)`, whose body stream URLSession sends chunked
+    /// (no `Content-Length`, no `X-Sequence`: a live body cannot be resent).
+    static func uploadAudioStream(_ endpoint: Endpoint, contentType: String) -> URLRequest {
+        var request = URLRequest(url: endpoint.url(endpoint.urls.uploadAudio))
+        request.httpMethod = "POST"
+        request.setValue(contentType, forHTTPHeaderField: "Content-Type")
+        request.setValue("Bearer \(endpoint.token)", forHTTPHeaderField: "Authorization")
+        return request
     }
 }

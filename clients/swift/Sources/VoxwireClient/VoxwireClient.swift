@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 /// A voxwire server: creates sessions.
 ///
 /// ```swift
@@ -15,6 +19,7 @@ public final class VoxwireClient: @unchecked Sendable {  // immutable after init
     let apiKey: String?
     let urlSession: URLSession
     let router: DataTaskRouter
+    let configuration: URLSessionConfiguration
 
     /// - Parameters:
     ///   - baseURL: the server's root URL.
@@ -32,7 +37,40 @@ public final class VoxwireClient: @unchecked Sendable {  // immutable after init
         queue.name = "voxwire.urlsession.delegate"
         queue.maxConcurrentOperationCount = 1  // serial: each receiver sees one call at a time
         self.router = router
+        self.configuration = configuration
         self.urlSession = URLSession(configuration: configuration, delegate: router, delegateQueue: queue)
+    }
+
+    /// A request/response call. On Linux a body in memory goes as a replayable body stream
+    /// (sent chunked), because swift-corelibs-foundation would send a `Data` body empty if
+    /// libcurl resends the request on a new connection (see `voxwireUpload`).
+    func perform(_ request: URLRequest) async throws -> (Data, URLResponse) {
+        #if canImport(FoundationNetworking)
+            if let body = request.httpBody, !body.isEmpty {
+                var streamed = request
+                streamed.httpBody = nil
+                let (data, response) = try await urlSession.voxwireUpload(streamed, from: body, router: router)
+                return (data, response)
+            }
+        #endif
+        return try await urlSession.data(for: request)
+    }
+
+    /// Where a streamed upload runs: the client's URLSession on Apple platforms. On Linux a
+    /// URLSession of its own (`dedicated`: invalidate it afterwards), because there the body
+    /// stream's reads block the URLSession's only work queue between pieces of audio
+    /// (see `BlockingBody`), which would stall the audio stream and the events.
+    func streamingUploadTransport() -> (session: URLSession, router: DataTaskRouter, dedicated: Bool) {
+        #if canImport(FoundationNetworking)
+            let router = DataTaskRouter()
+            let queue = OperationQueue()
+            queue.name = "voxwire.urlsession.upload-delegate"
+            queue.maxConcurrentOperationCount = 1
+            let session = URLSession(configuration: configuration, delegate: router, delegateQueue: queue)
+            return (session, router, true)
+        #else
+            return (urlSession, router, false)
+        #endif
     }
 
     deinit {
@@ -66,7 +104,10 @@ public final class VoxwireClient: @unchecked Sendable {  // immutable after init
         configuration.httpMaximumConnectionsPerHost = 6
         configuration.requestCachePolicy = .reloadIgnoringLocalCacheData
         configuration.urlCache = nil
-        configuration.waitsForConnectivity = true
+        #if !canImport(FoundationNetworking)
+            // swift-corelibs-foundation (Linux) has no such setting: requests fail at once.
+            configuration.waitsForConnectivity = true
+        #endif
         return configuration
     }
 
@@ -78,7 +119,7 @@ public final class VoxwireClient: @unchecked Sendable {  // immutable after init
     public func createSession(config: [String: JSONValue] = [:]) async throws -> VoxwireSession {
         let body = try JSONEncoder().encode(config)
         let request = Requests.createSession(baseURL: baseURL, apiKey: apiKey, config: body)
-        let (data, response) = try await urlSession.data(for: request)
+        let (data, response) = try await perform(request)
         _ = try HTTP.checked(response, body: data, expected: 201)
         let info = try JSONDecoder().decode(SessionInfo.self, from: data)
         return VoxwireSession(client: self, info: info)

@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 /// One voice session: audio up, the assistant's voice and events down.
 ///
 /// Open ``events(resumingAfter:)`` and ``audioStream()`` first, then send microphone audio
@@ -29,7 +33,8 @@ public final class VoxwireSession: @unchecked Sendable {  // immutable after ini
         self.info = info
         self.endpoint = Endpoint(baseURL: client.baseURL, urls: info.urls, token: info.token)
         self.uploader = AudioUploader(
-            session: client.urlSession, endpoint: endpoint, inputSampleRate: info.inputSampleRate)
+            session: client.urlSession, router: client.router, endpoint: endpoint,
+            inputSampleRate: info.inputSampleRate)
     }
 
     // MARK: audio up
@@ -39,6 +44,85 @@ public final class VoxwireSession: @unchecked Sendable {  // immutable after ini
     /// and what happens when the network falls behind.
     public func sendAudio(_ pcm: Data) async throws {
         try await uploader.append(pcm)
+    }
+
+    /// Sends audio as one long `upload_audio` request whose body is written as `audio`
+    /// produces it (URLSession sends it chunked: `Transfer-Encoding: chunked`), and returns
+    /// when the server has answered, after the sequence ended.
+    ///
+    /// The server consumes the body as it arrives, so this suits a live source (a microphone
+    /// feeding an `AsyncStream<Data>`) as well as a file. Pieces may have any length (odd
+    /// byte counts too). Unlike ``sendAudio(_:)`` nothing is resent: a live body cannot be
+    /// replayed, so a network error throws, and a server error throws ``VoxwireError`` with
+    /// ``VoxwireError/acceptedBytes`` (what was kept, everything before the error) and, for
+    /// 429, ``VoxwireError/retryAfter``. An error the server decides from the headers (415:
+    /// a format it does not take) ends the request before any audio is sent.
+    ///
+    /// Do not run it alongside ``sendAudio(_:)``: the server takes one upload at a time per
+    /// session (a second one waits, then gets 409 `upload_in_progress`).
+    ///
+    /// - Parameters:
+    ///   - audio: PCM16 mono in `format`; the request ends when the sequence does.
+    ///   - format: the body's `Content-Type` (default: little-endian at the session's input rate).
+    /// - Returns: the server's receipt (`acceptedBytes`: all of it).
+    public func sendAudioStream<Audio: AsyncSequence>(
+        _ audio: Audio, format: AudioUploadFormat = .session
+    ) async throws -> UploadReceipt where Audio.Element == Data {
+        let request = UnreplayedRequests.uploadAudioStream(endpoint, contentType: format.contentType)
+        let transport = client.streamingUploadTransport()
+        defer {
+            if transport.dedicated { transport.session.finishTasksAndInvalidate() }
+        }
+        let body = makeStreamedBody()
+        let outcome = OneShot<Result<(HTTPURLResponse, Data), Error>>()
+        // Once the request is over (an early error status, a lost connection, or done),
+        // the body takes no more audio, so a live source's loop below ends too.
+        let receiver = UploadReceiver(
+            onErrorStatus: { body.cancel() },
+            done: {
+                outcome.fulfil($0)
+                body.cancel()
+            })
+        let holder = TaskHolder()
+        return try await withTaskCancellationHandler {
+            holder.set(
+                transport.router.startUpload(
+                    request, body: body, on: transport.session, receiver: receiver))
+            do {
+                for try await pcm in audio {
+                    guard await body.write(pcm) else { break }  // the request is over
+                }
+                body.finish()
+            } catch {
+                body.cancel()  // the audio source failed: abandon the request
+                holder.cancel()
+                _ = await outcome.wait()
+                throw error
+            }
+            let (response, data) = try await outcome.wait().get()
+            guard (200..<300).contains(response.statusCode) else {
+                throw VoxwireError(response: response, body: data)
+            }
+            return UploadReceipt(response)
+        } onCancel: {
+            body.cancel()
+            holder.cancel()
+        }
+    }
+
+    /// One sequenced `upload_audio` request (`X-Sequence: sequence`), for an app that keeps
+    /// its own queue of chunks (say, persisted across a relaunch) instead of ``sendAudio(_:)``;
+    /// do not mix the two, the uploader numbers its chunks from 0.
+    ///
+    /// Sequences start at 0. Resending a number the server already holds is harmless: 204
+    /// with ``UploadReceipt/acceptedBytes`` 0. Skipping one throws ``VoxwireError`` 409
+    /// `sequence_gap` (its message names the number expected). A chunk is at most 1 MiB.
+    @discardableResult
+    public func uploadChunk(_ pcm: Data, sequence: Int) async throws -> UploadReceipt {
+        let request = Requests.uploadAudio(endpoint, sequence: sequence)
+        let (data, response) = try await client.urlSession.voxwireUpload(
+            request, from: pcm, router: client.router)
+        return UploadReceipt(try HTTP.checked(response, body: data, expected: 204))
     }
 
     // MARK: voice and events down
@@ -170,6 +254,17 @@ public final class VoxwireSession: @unchecked Sendable {  // immutable after ini
         continuation.finish()
     }
 
+    /// Ends the open ``audioStream()`` response cleanly (`POST stop_stream`): the stream's
+    /// sequence finishes, as it does when the session is closed, and nothing reconnects.
+    /// - Returns: whether a stream was open (idempotent: `false` the second time).
+    @discardableResult
+    public func stopStream() async throws -> Bool {
+        let (data, response) = try await client.urlSession.data(
+            for: UnreplayedRequests.stopStream(endpoint))
+        _ = try HTTP.checked(response, body: data, expected: 200)
+        return try JSONDecoder().decode(JSONValue.self, from: data)["stopped"]?.boolValue ?? false
+    }
+
     // MARK: client events
 
     /// Sends client events (`POST events`, a JSON array), validated all before any applies.
@@ -177,8 +272,7 @@ public final class VoxwireSession: @unchecked Sendable {  // immutable after ini
     @discardableResult
     public func send(events: [JSONValue]) async throws -> Int {
         let body = try JSONEncoder().encode(events)
-        let (data, response) = try await client.urlSession.data(
-            for: Requests.clientEvents(endpoint, body: body))
+        let (data, response) = try await client.perform(Requests.clientEvents(endpoint, body: body))
         _ = try HTTP.checked(response, body: data, expected: 200)
         let answer = try JSONDecoder().decode(JSONValue.self, from: data)
         return answer["accepted"]?.intValue ?? events.count

@@ -1,4 +1,4 @@
-#if os(macOS)
+#if canImport(AVFoundation)
     import AVFoundation
     import VoxwireClient
 

@@ -1,113 +1,86 @@
-// VoxwireTalk: talk to a voxwire server from a Mac's microphone and speakers.
+// VoxwireTalk: talk to a voxwire server.
 //
-//     swift run VoxwireTalk http://127.0.0.1:8000
+//     swift run VoxwireTalk http://127.0.0.1:8000 --wav question.wav --out reply.wav
+//     swift run VoxwireTalk http://127.0.0.1:8000           # microphone (AVFoundation)
 //
-// Speak; the server detects your turn, prints what it heard, and answers through the
-// speakers. Talking over the answer interrupts it (barge-in). Ctrl-C closes the session.
+// With --wav (everywhere, Linux too): the file is sent as if spoken (in real time), the
+// events and transcripts are printed, and the reply is written to --out. Without it, where
+// AVFoundation exists: speak; the server detects your turn, prints what it heard and answers
+// through the speakers; talking over the answer interrupts it. VOXWIRE_API_KEY=... if the
+// server has one.
 
-#if os(macOS)
-    import AVFoundation
-    import Foundation
-    import VoxwireClient
+import Foundation
+import VoxwireClient
 
-    @main
-    struct VoxwireTalk {
-        static func main() async throws {
-            guard await AVCaptureDevice.requestAccess(for: .audio) else {
-                print("VoxwireTalk needs microphone access (System Settings > Privacy)")
+@main
+struct VoxwireTalk {
+    static let usage = """
+        usage: VoxwireTalk [SERVER] [--wav IN.wav [--out REPLY.wav] [--stream] [--whole-stream]
+                                     [--timeout SECONDS]]
+
+          SERVER          the server's URL (default http://127.0.0.1:8000)
+          --wav IN.wav    send this file (PCM16 or float WAV, mono or mixed down) as speech
+          --out REPLY.wav write the reply there (mono PCM16 at the file's rate)
+          --stream        one long chunked upload instead of 100 ms chunks
+          --whole-stream  write the whole audio stream, silence included, not just the reply
+          --timeout S     how long to wait for the replies after the file (default 60)
+        Without --wav: the microphone and the speakers (where AVFoundation exists).
+        """
+
+    static func main() async {
+        var server = URL(string: "http://127.0.0.1:8000")!
+        var input: URL?
+        var output: URL?
+        var streamed = false
+        var wholeStream = false
+        var timeout: TimeInterval = 60
+        var arguments = CommandLine.arguments.dropFirst()
+        func value(_ flag: String) -> String {
+            guard let next = arguments.popFirst() else { fail("\(flag) needs a value") }
+            return next
+        }
+        while let argument = arguments.popFirst() {
+            switch argument {
+            case "--wav": input = URL(fileURLWithPath: value(argument))
+            case "--out": output = URL(fileURLWithPath: value(argument))
+            case "--stream": streamed = true
+            case "--whole-stream": wholeStream = true
+            case "--timeout":
+                guard let seconds = TimeInterval(value(argument)), seconds > 0 else { fail("bad --timeout") }
+                timeout = seconds
+            case "-h", "--help":
+                print(usage)
                 return
-            }
-            let arguments = CommandLine.arguments
-            let server = URL(string: arguments.count > 1 ? arguments[1] : "http://127.0.0.1:8000")!
-            let apiKey = ProcessInfo.processInfo.environment["VOXWIRE_API_KEY"]
-            let client = VoxwireClient(baseURL: server, apiKey: apiKey)
-            let session = try await client.createSession(config: ["output_sample_rate": 24000])
-            print("session \(session.id): speak (Ctrl-C to stop)")
-
-            // Events and the stream first, before any audio goes up.
-            let events = session.events()
-            var voice = session.audioStream().makeAsyncIterator()
-            guard let first = try await voice.next() else { return }  // the WAV header's rate
-            let audio = try AudioIO(
-                captureRate: session.info.inputSampleRate, playbackRate: first.sampleRate)
-            audio.play(first)
-
-            let interrupt = closeOnInterrupt(session)
-            defer {
-                interrupt.cancel()
-                audio.stop()
-            }
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await Self.printEvents(events, barge: audio) }
-                group.addTask { await Self.upload(audio.microphone, to: session) }
-                // The voice: until the session is closed (the server ends the stream). A lost
-                // connection is resumed by the client; audio it could not get back is reported.
-                while let frame = try await voice.next() {
-                    if let gap = frame.gapBefore {
-                        print("          (network: \(gap.missingMs) ms of the reply lost)")
-                    }
-                    audio.play(frame)
+            default:
+                guard !argument.hasPrefix("-"), let url = URL(string: argument), url.scheme != nil else {
+                    fail("unknown argument \(argument)")
                 }
-                group.cancelAll()
+                server = url
             }
         }
-
-        /// Microphone audio to the uploader, in order (one consumer of the tap's stream).
-        static func upload(_ microphone: AsyncStream<Data>, to session: VoxwireSession) async {
-            var warned = Date.distantPast
-            for await pcm in microphone {
-                do {
-                    try await session.sendAudio(pcm)
-                } catch VoxwireClientError.uploadBacklogFull(let pending) {
-                    if Date().timeIntervalSince(warned) > 1 {  // a live mic cannot wait: drop
-                        print("network behind (\(pending) chunks queued): dropping microphone audio")
-                        warned = Date()
-                    }
-                } catch {
-                    print("upload stopped: \(error)")
-                    return
-                }
+        let apiKey = ProcessInfo.processInfo.environment["VOXWIRE_API_KEY"]
+        let client = VoxwireClient(baseURL: server, apiKey: apiKey)
+        do {
+            if let input {
+                try await FileTalk(
+                    client: client, input: input, output: output, streamed: streamed,
+                    wholeStream: wholeStream, timeout: timeout
+                ).run()
+            } else {
+                #if canImport(AVFoundation)
+                    try await MicrophoneTalk.run(client: client)
+                #else
+                    fail("no microphone support here (no AVFoundation): use --wav IN.wav")
+                #endif
             }
-        }
-
-        /// Prints the conversation; stops the speaker the moment the user starts talking.
-        static func printEvents(
-            _ events: AsyncThrowingStream<VoxwireEvent, Error>, barge audio: AudioIO
-        ) async throws {
-            for try await event in events {
-                switch event.type {
-                case "input_audio_buffer.speech_started":
-                    audio.flushPlayback()  // barge-in: the server has cut the reply too
-                case "conversation.item.input_audio_transcription.completed":
-                    print("you:      \(event.transcript ?? "")")
-                case "response.audio_transcript.done":
-                    print("voxwire:  \(event.transcript ?? "")")
-                case "response.done" where event.responseStatus == "cancelled":
-                    print("          (interrupted)")
-                case "error":
-                    print("error:    \(event.error.map(String.init(describing:)) ?? "?")")
-                default:
-                    break
-                }
-            }
-        }
-
-        /// Ctrl-C deletes the session, which ends the streams and so `main`.
-        static func closeOnInterrupt(_ session: VoxwireSession) -> DispatchSourceSignal {
-            signal(SIGINT, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .main)
-            source.setEventHandler {
-                Task { try? await session.close() }
-            }
-            source.resume()
-            return source
+        } catch {
+            print("VoxwireTalk: \(error)")
+            exit(1)
         }
     }
-#else
-    @main
-    struct VoxwireTalk {
-        static func main() {
-            print("VoxwireTalk needs macOS (AVAudioEngine capture and playback).")
-        }
+
+    static func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data("VoxwireTalk: \(message)\n\n\(usage)\n".utf8))
+        exit(2)
     }
-#endif
+}

@@ -1,5 +1,9 @@
 import XCTest
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 @testable import VoxwireClient
 
 /// The audio stream's resume: the request, the response headers, the timeline.
