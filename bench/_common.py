@@ -16,6 +16,9 @@ import psutil
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
+# The checkout whose run.py the benches start: this one, or a baseline (another commit's
+# worktree) to compare against in the same session.
+SERVER_ROOT = Path(os.environ.get("VOXWIRE_BENCH_SERVER_ROOT") or ROOT)
 
 
 def free_port() -> int:
@@ -61,7 +64,7 @@ class Server:
                 str(self.port),
                 *self.args,
             ],
-            cwd=ROOT,
+            cwd=SERVER_ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
