@@ -1,4 +1,9 @@
-"""The trio shell around audio/playout.py: real-time pacing and the stream reader."""
+"""The trio shell around audio/playout.py: real-time pacing and the stream reader.
+
+Every session's :class:`Playout` is paced by one shared :class:`PlayoutClock` per trio run
+(per frame length and lead): a single timer wakes once a frame and hands each active
+playout its next frame, instead of one timer (and one task wakeup) per stream.
+"""
 
 from __future__ import annotations
 
@@ -20,13 +25,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_PREFILL_BYTES = 1024  # Safari wants ~1 KiB before it starts; URLSession holds 512 B.
+# A session's stream is written this much audio at a time (whole frames, at least one):
+# half the socket writes of one per 20 ms frame, for 20 ms of the lead's jitter margin
+# (a client holds lead - 20 to lead + 20 ms; bench/README.md, transport.py).
+STREAM_WRITE_MS = 40
 
 
 class Reader:
-    """One ``stream_audio`` response: a bounded queue of PCM byte frames."""
+    """One ``stream_audio`` response: a bounded queue of PCM byte writes.
 
-    def __init__(self, capacity_frames: int) -> None:
-        self.send, self.receive = trio.open_memory_channel[bytes](capacity_frames)
+    Each item is ``write_frames`` frames joined (one socket write).
+    """
+
+    def __init__(self, capacity_writes: int) -> None:
+        self.send, self.receive = trio.open_memory_channel[bytes](capacity_writes)
         self.dropped_slow = False
 
 
@@ -41,14 +53,124 @@ class StreamStart:
     resumed: bool  # the prelude replays the stream from the requested position
 
 
+class PlayoutClock:
+    """The one pacing schedule of every :class:`Playout` with the same frame and lead.
+
+    Frames are due on a shared grid, one frame length apart. The clock has no task of its
+    own: each playout's :meth:`Playout.run` task *hosts* it, and while any playout is
+    active (has a reader or queued audio) exactly one host drives the grid, ticking every
+    active playout in turn; the others sleep. A driver that is cancelled (its session
+    ended) hands the schedule on to another host without moving the grid.
+    """
+
+    def __init__(self, frame_s: float, lead_s: float) -> None:
+        self.frame_s = frame_s
+        self.lead_s = lead_s
+        self._active: dict[Playout, None] = {}  # insertion-ordered set
+        self._driving = False
+        self._changed = trio.Event()
+        self._pacer: Pacer | None = None
+
+    @classmethod
+    def shared(cls, frame_s: float, lead_s: float) -> PlayoutClock:
+        """This trio run's clock for ``frame_s`` and ``lead_s``."""
+        try:
+            clocks = _CLOCKS.get()
+        except LookupError:
+            clocks = {}
+            _CLOCKS.set(clocks)
+        clock = clocks.get((frame_s, lead_s))
+        if clock is None:
+            clock = clocks[(frame_s, lead_s)] = cls(frame_s, lead_s)
+        return clock
+
+    @property
+    def active(self) -> int:
+        """Playouts being ticked."""
+        return len(self._active)
+
+    def next_due(self) -> float | None:
+        """When the next frame is due on the grid (``None`` while the clock is idle)."""
+        return None if self._pacer is None else self._pacer.next_due()
+
+    def activate(self, playout: Playout) -> None:
+        """Tick ``playout`` from the next frame on (it has a reader or queued audio)."""
+        if playout not in self._active:
+            self._active[playout] = None
+            if not self._driving:  # a driver picks it up at its next frame
+                self._poke()
+
+    def deactivate(self, playout: Playout) -> None:
+        self._active.pop(playout, None)
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def host(self, playout: Playout) -> None:
+        """Lend this task to the clock until cancelled (``playout``'s run task).
+
+        Cancellation: the only way it ends; ``playout`` stops being ticked, and another
+        host takes over the driving if this one was driving.
+        """
+        try:
+            while True:
+                if self._driving or not self._active:
+                    await self._changed.wait()
+                    continue
+                self._driving = True
+                try:
+                    await self._drive()
+                finally:
+                    self._driving = False
+                    if self._active:  # cancelled: another host takes over
+                        self._poke()
+        finally:
+            self.deactivate(playout)
+
+    async def _drive(self) -> None:
+        # Frame k of the grid is handed out at start + k * frame_s: the readers' preludes
+        # already hold ``lead`` of audio, so a new grid starts at once.
+        if self._pacer is None:
+            self._pacer = Pacer(trio.current_time(), self.frame_s, 0.0)
+        try:
+            while self._active:
+                await trio.sleep_until(self._pacer.next_due())
+                now = trio.current_time()
+                late = self._pacer.late_by(now) > self.lead_s
+                if late:
+                    # The loop fell behind so far the clients' lead ran out: resync rather
+                    # than burst the backlog.
+                    self._pacer = Pacer(now, self.frame_s, 0.0)
+                self._pacer.sent()
+                for playout in list(self._active):
+                    if late:
+                        playout.note_underrun()
+                    if not playout.tick(now):
+                        self.deactivate(playout)
+        finally:
+            if not self._active:
+                self._pacer = None  # the next activation starts a new grid
+
+
+_CLOCKS: trio.lowlevel.RunVar[dict[tuple[float, float], PlayoutClock]] = trio.lowlevel.RunVar(
+    "voxwire_playout_clocks"
+)
+
+
 class Playout:
     """Paces assistant audio to the current reader in real time, silence when idle.
 
     Audio put here is played to the attached reader at real-time speed, sent ``lead_ms``
-    ahead. With no reader attached and nothing queued the task sleeps; audio queued while
-    no one listens is still paced out (a live stream: nobody hears it), so the pipeline
-    never blocks on listeners. A reader whose queue fills (slower than real time) is
-    dropped; the pipeline never waits for it.
+    ahead. With no reader attached and nothing queued it is not ticked at all; audio
+    queued while no one listens is still paced out (a live stream: nobody hears it), so
+    the pipeline never blocks on listeners. A reader whose queue fills (slower than real
+    time) is dropped; the pipeline never waits for it.
+
+    Frames are pulled one frame length apart (history, cursor and barge-in flushes work
+    per frame) and handed to the reader ``write_frames`` at a time, in one write, once the
+    last of them is due: the client holds at most ``lead`` + one frame (the barge-in bound),
+    and at least ``lead`` - (``write_frames`` - 1) frames.
     """
 
     def __init__(
@@ -60,21 +182,27 @@ class Playout:
         max_s: float,
         reader_queue_ms: int,
         resume_ms: int = 0,
+        write_frames: int = 1,
         metrics: Metrics,
         on_reader_dropped: Callable[[], None] = lambda: None,
     ) -> None:
+        if write_frames < 1:
+            raise ValueError("write_frames must be at least 1")
         self.sample_rate = sample_rate
         self.frame_ms = frame_ms
         self.frame_samples = sample_rate * frame_ms // 1000
         self.frame_s = self.frame_samples / sample_rate
         self.lead_s = lead_ms / 1000
+        self.write_frames = write_frames
         self._buffer = PlayoutBuffer(int(max_s * sample_rate))
-        self._reader_capacity = max(1, reader_queue_ms // frame_ms)
+        self._reader_capacity = max(1, reader_queue_ms // (frame_ms * write_frames))
         self._metrics = metrics
         self._on_reader_dropped = on_reader_dropped
         self._reader: Reader | None = None
-        self._wake = trio.Event()
+        self._pending: list[bytes] = []  # frames pulled for the reader, not yet handed over
         self._space = trio.Event()
+        self._silence = pcm16_bytes(np.zeros(self.frame_samples, np.int16))
+        self._clock: PlayoutClock | None = None
         self.audio_samples_played = 0  # assistant (non-padding) samples handed to readers
         # The stream's timeline: frame n covers [n * frame_ms, (n + 1) * frame_ms). The last
         # ``resume_ms`` of it are kept so a reader that lost its connection can resume.
@@ -86,6 +214,13 @@ class Playout:
         self.paused = False  # speech during a reply: silence, the queue kept
 
     @property
+    def clock(self) -> PlayoutClock:
+        """The shared clock that paces this playout (this trio run's)."""
+        if self._clock is None:
+            self._clock = PlayoutClock.shared(self.frame_s, self.lead_s)
+        return self._clock
+
+    @property
     def queued_samples(self) -> int:
         return self._buffer.queued
 
@@ -93,9 +228,8 @@ class Playout:
     def has_reader(self) -> bool:
         return self._reader is not None
 
-    def _poke(self) -> None:
-        self._wake.set()
-        self._wake = trio.Event()
+    def _activate(self) -> None:
+        self.clock.activate(self)
 
     async def put(self, samples: Samples) -> None:
         """Queue ``samples`` for playout, waiting while the buffer is full.
@@ -109,7 +243,8 @@ class Playout:
             while self._buffer.space < len(part):
                 await self._space.wait()
             self._buffer.push(part)
-        self._poke()
+        if len(samples):
+            self._activate()
 
     def flush(self) -> int:
         """Drop queued audio (barge-in); return samples dropped."""
@@ -125,7 +260,8 @@ class Playout:
     def resume(self) -> None:
         """Carry on with the queued audio where :meth:`pause` stopped it."""
         self.paused = False
-        self._poke()
+        if self._buffer.queued:
+            self._activate()
 
     def mark(self) -> None:
         """Start counting a new response's audio from here (buffer assumed empty)."""
@@ -137,9 +273,10 @@ class Playout:
         while self._buffer.queued > 0:
             await self._space.wait()
 
-    def prelude(self) -> bytes:
-        """WAV header plus ``lead`` of silence (at least 1 KiB), written at once."""
-        silence_bytes = max(int(self.lead_s * self.sample_rate) * 2, MIN_PREFILL_BYTES)
+    def prelude(self, extra_s: float = 0.0) -> bytes:
+        """WAV header plus ``lead`` (+ ``extra_s``) of silence (at least 1 KiB), written at
+        once."""
+        silence_bytes = max(int((self.lead_s + extra_s) * self.sample_rate) * 2, MIN_PREFILL_BYTES)
         silence_bytes += silence_bytes % 2
         return streaming_wav_header(self.sample_rate) + bytes(silence_bytes)
 
@@ -149,7 +286,8 @@ class Playout:
         With ``from_ms`` still in the resume buffer the prelude replays the stream from
         that frame to now, and live frames follow without a gap or a repeat (the reader
         is attached before the next tick). Otherwise the response starts live: the
-        header and ``lead`` of padding silence.
+        header, ``lead`` of padding silence, and the time until the shared clock's next
+        frame (so the reader's lead does not depend on where in a frame it joined).
         """
         header = streaming_wav_header(self.sample_rate)
         if from_ms is not None:
@@ -159,7 +297,8 @@ class Playout:
                 frames = list(self._history)[tick - oldest :]
                 reader = self.attach()
                 return StreamStart(header + b"".join(frames), reader, tick * self.frame_ms, 0, True)
-        prelude = self.prelude()
+        due = self.clock.next_due()
+        prelude = self.prelude(0.0 if due is None else max(0.0, due - trio.current_time()))
         return StreamStart(
             prelude, self.attach(), self.ticks * self.frame_ms, len(prelude) - len(header), False
         )
@@ -170,7 +309,7 @@ class Playout:
         reader = Reader(self._reader_capacity)
         self._reader = reader
         self._metrics.stream_readers.inc()
-        self._poke()
+        self._activate()
         return reader
 
     def detach(self, reader: Reader) -> None:
@@ -178,6 +317,7 @@ class Playout:
         reader.send.close()
         if self._reader is reader:
             self._reader = None
+            self._pending.clear()
             self._metrics.stream_readers.dec()
 
     def stop(self) -> bool:
@@ -185,50 +325,55 @@ class Playout:
         reader = self._reader
         if reader is None:
             return False
+        if self._pending:  # frames already paced out for it: they are its last write
+            self._deliver(b"".join(self._pending))
+            if self._reader is None:  # it was too slow for even that
+                return True
         self.detach(reader)
         return True
 
-    def _deliver(self, frame: bytes) -> None:
+    def _deliver(self, data: bytes) -> None:
         reader = self._reader
         if reader is None:
             return
+        self._pending.clear()
         try:
-            reader.send.send_nowait(frame)
+            reader.send.send_nowait(data)
         except trio.WouldBlock:
             reader.dropped_slow = True
             self._metrics.stream_readers_dropped.inc()
             self.detach(reader)
             self._on_reader_dropped()
 
+    def note_underrun(self) -> None:
+        self._metrics.stream_underruns.inc()
+
+    def tick(self, now: float) -> bool:
+        """Pace out the frame due ``now`` (the clock calls this once a frame).
+
+        Returns whether the playout stays active (a reader, or audio still queued).
+        """
+        if self.paused:
+            data, real = self._silence, 0
+        else:
+            frame, real = self._buffer.pull(self.frame_samples)
+            data = pcm16_bytes(frame) if real else self._silence
+        if real:
+            self._space.set()
+            self._space = trio.Event()
+        self._history.append(data)
+        self.ticks += 1
+        if self._reader is not None:
+            if real:
+                self.audio_samples_played += real
+                self.cursor_played += real
+                if self.cursor_first_at is None:
+                    self.cursor_first_at = now
+            self._pending.append(data)
+            if len(self._pending) >= self.write_frames:
+                self._deliver(b"".join(self._pending))
+        return self._reader is not None or self._buffer.queued > 0
+
     async def run(self) -> None:
-        """Pace frames forever. Cancellation: the only way it ends."""
-        while True:
-            while self._reader is None and self._buffer.queued == 0:
-                await self._wake.wait()
-            # The reader's prelude already holds ``lead`` of audio, so frame k is due
-            # k frames after now: the client stays about ``lead`` ahead, no more.
-            pacer = Pacer(trio.current_time() + self.lead_s, self.frame_s, self.lead_s)
-            while self._reader is not None or self._buffer.queued > 0:
-                await trio.sleep_until(pacer.next_due())
-                if pacer.late_by(trio.current_time()) > self.lead_s:
-                    # The loop fell behind so far the client's lead ran out; resync
-                    # rather than burst the backlog.
-                    self._metrics.stream_underruns.inc()
-                    pacer = Pacer(trio.current_time() + self.lead_s, self.frame_s, self.lead_s)
-                if self.paused:
-                    frame, real = np.zeros(self.frame_samples, np.int16), 0
-                else:
-                    frame, real = self._buffer.pull(self.frame_samples)
-                if real:
-                    self._space.set()
-                    self._space = trio.Event()
-                pacer.sent()
-                data = pcm16_bytes(frame)
-                self._history.append(data)
-                self.ticks += 1
-                if self._reader is not None and real:
-                    self.audio_samples_played += real
-                    self.cursor_played += real
-                    if self.cursor_first_at is None:
-                        self.cursor_first_at = trio.current_time()
-                self._deliver(data)
+        """Host the shared clock forever. Cancellation: the only way it ends."""
+        await self.clock.host(self)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from contextlib import aclosing, contextmanager
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +24,11 @@ from app._pipeline import (
     Pipeline,
     new_item_id,
 )
-from app._playout import Playout, StreamStart
+from app._playout import STREAM_WRITE_MS, Playout, StreamStart
 from audio import AudioChunk, Framer, PcmDecoder, StreamResampler
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
     import numpy as np
 
@@ -55,6 +56,45 @@ class UploadResult:
     accepted_bytes: int
     duplicate: bool = False
     acked_sequence: int | None = None
+
+
+class BodyMeter:
+    """An upload body's size cap and minimum rate, fed chunk sizes (sans-IO).
+
+    The rate is averaged over consecutive windows of ``window_s``: a body slower than
+    ``min_bytes_per_s`` over one of them is a slowloris (408).
+    """
+
+    def __init__(self, limit: int, window_s: float, min_bytes_per_s: float, now: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.min_bytes_per_s = min_bytes_per_s
+        self.total = 0
+        self._window_start = now
+        self._window_bytes = 0
+
+    def feed(self, nbytes: int, now: float) -> None:
+        """Count a chunk that arrived at ``now``.
+
+        Raises:
+            ApiError: 408 ``upload_too_slow``, 413 ``upload_too_large``.
+        """
+        self.total += nbytes
+        self._window_bytes += nbytes
+        elapsed = now - self._window_start
+        if elapsed >= self.window_s:
+            if self._window_bytes < self.min_bytes_per_s * elapsed:
+                raise ApiError(
+                    408,
+                    "upload_too_slow",
+                    f"the body averaged under {self.min_bytes_per_s:g} bytes/s for "
+                    f"{self.window_s:g} s",
+                )
+            self._window_start, self._window_bytes = now, 0
+        if self.total > self.limit:
+            raise ApiError(
+                413, "upload_too_large", f"upload bodies are limited to {self.limit} bytes"
+            )
 
 
 @dataclass(slots=True)
@@ -99,6 +139,7 @@ class Session:
             max_s=server.playout_max_s,
             reader_queue_ms=server.reader_queue_ms,
             resume_ms=server.stream_resume_ms,
+            write_frames=max(1, STREAM_WRITE_MS // server.playout_frame_ms),
             metrics=metrics,
             on_reader_dropped=self._reader_dropped,
         )
@@ -266,17 +307,20 @@ class Session:
                 f"upload bodies are limited to {limit} bytes",
                 param="Content-Length",
             )
-        acquired = False
-        with trio.move_on_after(srv.upload_backpressure_timeout_s):
-            await self._upload_lock.acquire()
-            acquired = True
-        if not acquired:
-            raise ApiError(
-                409,
-                "upload_in_progress",
-                "another upload to this session is still running",
-                headers={"Retry-After": str(srv.retry_after_s)},
-            )
+        try:
+            self._upload_lock.acquire_nowait()  # the usual case: no timer needed
+        except trio.WouldBlock:
+            acquired = False
+            with trio.move_on_after(srv.upload_backpressure_timeout_s):
+                await self._upload_lock.acquire()
+                acquired = True
+            if not acquired:
+                raise ApiError(
+                    409,
+                    "upload_in_progress",
+                    "another upload to this session is still running",
+                    headers={"Retry-After": str(srv.retry_after_s)},
+                ) from None
         try:
             self.stats.uploads += 1
             if sequence is None:
@@ -291,17 +335,30 @@ class Session:
             self._decoder_format = fmt
         return self._decoder
 
-    async def _read_chunks(
-        self, body: AsyncIterator[bytes], limit: int
-    ) -> AsyncGenerator[bytes, None]:
-        total = 0
-        window = self._server.upload_idle_timeout_s
-        min_rate = self._server.upload_min_bytes_per_s
-        window_start, window_bytes = trio.current_time(), 0
-        while True:
-            with trio.move_on_after(window) as idle:
+    async def _consume(
+        self,
+        body: AsyncIterator[bytes],
+        limit: int,
+        take: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        """Read ``body`` to its end, handing each chunk to ``take`` as it arrives.
+
+        One cancel scope bounds the wait for every chunk (its deadline moves on with each
+        one; it is off while ``take`` runs, which has timeouts of its own).
+
+        Raises:
+            ApiError: 408 idle or too slow, 413 over ``limit`` or Quart's backlog cap.
+        """
+        srv = self._server
+        meter = BodyMeter(
+            limit, srv.upload_idle_timeout_s, srv.upload_min_bytes_per_s, trio.current_time()
+        )
+        chunks = aiter(body)
+        with trio.CancelScope() as idle:
+            while True:
+                idle.deadline = trio.current_time() + srv.upload_idle_timeout_s
                 try:
-                    chunk = await body.__anext__()
+                    chunk = await anext(chunks)
                 except StopAsyncIteration:
                     return
                 except RequestEntityTooLarge:
@@ -310,28 +367,12 @@ class Session:
                         "upload_backlog_exceeded",
                         "request body arrived faster than it could be consumed",
                     ) from None
-            if idle.cancelled_caught:
-                raise ApiError(
-                    408,
-                    "upload_idle_timeout",
-                    f"no body data for {self._server.upload_idle_timeout_s:g} s",
-                )
-            total += len(chunk)
-            window_bytes += len(chunk)
-            now = trio.current_time()
-            if now - window_start >= window:
-                if window_bytes < min_rate * (now - window_start):
-                    raise ApiError(
-                        408,
-                        "upload_too_slow",
-                        f"the body averaged under {min_rate:g} bytes/s for {window:g} s",
-                    )
-                window_start, window_bytes = now, 0
-            if total > limit:
-                raise ApiError(
-                    413, "upload_too_large", f"upload bodies are limited to {limit} bytes"
-                )
-            yield chunk
+                idle.deadline = math.inf
+                meter.feed(len(chunk), trio.current_time())
+                await take(chunk)
+        raise ApiError(
+            408, "upload_idle_timeout", f"no body data for {srv.upload_idle_timeout_s:g} s"
+        )
 
     def _check_session_cap(self, new_samples: int, rate: int) -> None:
         in_s = self.stats.frames * FRAME_SAMPLES / PIPELINE_RATE + new_samples / rate
@@ -349,13 +390,18 @@ class Session:
         Raises:
             ApiError: 404 when the session has ended.
         """
-        with trio.move_on_after(self._server.upload_backpressure_timeout_s):
+        try:
             try:
+                self._ingest_send.send_nowait(item)  # the usual case: no timer needed
+                return True
+            except trio.WouldBlock:
+                pass
+            with trio.move_on_after(self._server.upload_backpressure_timeout_s):
                 await self._ingest_send.send(item)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise ApiError(404, "session_not_found", "The session ended.") from None
-            return True
-        return False
+                return True
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ApiError(404, "session_not_found", "The session ended.") from None
 
     async def _send_audio(self, samples: np.ndarray[Any, np.dtype[np.int16]], rate: int) -> None:
         """Hand samples to ingest, waiting at most the backpressure timeout."""
@@ -383,16 +429,19 @@ class Session:
     async def _stream_upload(self, body: AsyncIterator[bytes], fmt: PcmFormat, limit: int) -> int:
         decoder = self._decoder_for(fmt)
         accepted = 0
+
+        async def take(chunk: bytes) -> None:
+            nonlocal accepted
+            samples = decoder.feed(chunk)
+            self._check_session_cap(len(samples), fmt.sample_rate)
+            for start in range(0, len(samples), MAX_PIECE_SAMPLES):
+                piece = samples[start : start + MAX_PIECE_SAMPLES]
+                await self._send_audio(piece, fmt.sample_rate)
+                accepted += 2 * len(piece)
+                self._accept(2 * len(piece))
+
         try:
-            async with aclosing(self._read_chunks(body, limit)) as chunks:
-                async for chunk in chunks:
-                    samples = decoder.feed(chunk)
-                    self._check_session_cap(len(samples), fmt.sample_rate)
-                    for start in range(0, len(samples), MAX_PIECE_SAMPLES):
-                        piece = samples[start : start + MAX_PIECE_SAMPLES]
-                        await self._send_audio(piece, fmt.sample_rate)
-                        accepted += 2 * len(piece)
-                        self._accept(2 * len(piece))
+            await self._consume(body, limit, take)
         except ApiError as error:
             # Tell the client how much of this body was kept, so it can resume after it.
             error.headers["X-Accepted-Bytes"] = str(accepted)
@@ -411,9 +460,11 @@ class Session:
                 param="X-Sequence",
             )
         data = bytearray()
-        async with aclosing(self._read_chunks(body, limit)) as chunks:
-            async for chunk in chunks:
-                data += chunk
+
+        async def take(chunk: bytes) -> None:
+            data.extend(chunk)
+
+        await self._consume(body, limit, take)
         if sequence < expected:  # a retry of something we already hold
             return UploadResult(0, duplicate=True, acked_sequence=expected - 1)
         decoder = self._decoder_for(fmt)

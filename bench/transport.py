@@ -9,7 +9,14 @@ measures for ``--seconds`` and prints the figures (see bench/README.md).
     .venv/bin/python bench/transport.py --sessions 10 --seconds 5     # quick check
     .venv/bin/python bench/transport.py                                # 10, 100, 500 x 20 s
 
-Needs ``psutil`` (dev extra) besides the project's dependencies.
+``--cost`` instead measures server CPU per upload POST and per open stream, against
+bench/floor.py (trio + h11 doing the same HTTP work) and ``floor.py --asgi`` (hypercorn
+and a bare ASGI app), interleaved in one run (bench/README.md, "transport.py"):
+
+    .venv/bin/python bench/transport.py --cost
+    .venv/bin/python bench/transport.py --cost --cost-baseline /tmp/vox-before  # before/after
+
+Needs ``psutil`` (dev extra) besides the project's dependencies; ``--py-spy`` needs py-spy.
 """
 
 from __future__ import annotations
@@ -17,22 +24,29 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 import psutil
 import trio
-from _common import Server
+from _common import Server, free_port
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 RATE = 16000  # session input and output rate (the defaults)
 BYTES_PER_S = RATE * 2
@@ -438,6 +452,382 @@ async def run_level(server: Server, n: int, args, baseline_rss: int) -> dict:
     return result
 
 
+# -- cost: server CPU per upload POST and per open stream, voxwire against the floor -----
+#
+# The load comes from a raw-socket client (pre-built requests, a minimal response parser)
+# so that the generator stays cheap next to the servers it measures: both share the
+# machine's 2 cores with it.
+
+FLOOR_SCRIPT = Path(__file__).resolve().parent / "floor.py"
+UPLOAD_BYTES = 640  # 20 ms of 16 kHz PCM16
+
+
+class FloorServer(Server):
+    """bench/floor.py (or ``--cost-floor``) in a subprocess (the interface of :class:`Server`)."""
+
+    def __init__(self, log_path: Path, script: Path, *args: str) -> None:
+        super().__init__(log_path, *args)
+        self.script = script
+
+    def spawn(self) -> None:
+        self.port = free_port()
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(self.script), "--port", str(self.port), *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.ps = psutil.Process(self.proc.pid)
+
+    async def wait_ready(self) -> None:
+        with trio.fail_after(30):
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                except OSError:
+                    await trio.sleep(0.05)
+                    continue
+                await stream.aclose()
+                return
+
+
+class VoxwireAt(Server):
+    """``run.py`` of another checkout (``--cost-baseline``), e.g. the commit before a change."""
+
+    def __init__(self, root: Path, log_path: Path, *args: str, ready_path: str) -> None:
+        super().__init__(log_path, *args, ready_path=ready_path)
+        self.root = root
+
+    def spawn(self) -> None:
+        self.port = free_port()
+        env = dict(os.environ)
+        env.setdefault("VOXWIRE_MAX_SESSIONS", "1000")
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "run.py", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
+            cwd=self.root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.ps = psutil.Process(self.proc.pid)
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection: send prepared bytes, read one response."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    @classmethod
+    async def open(cls, port: int) -> RawConnection:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def _fill(self) -> None:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            raise EOFError("server closed the connection")
+        self.buffer += data
+
+    async def response(self) -> tuple[int, bool]:
+        """Read one response (Content-Length or no body): its status, and whether the
+        server asked to close."""
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            await self._fill()
+        head = bytes(self.buffer[:end]).decode("latin-1").lower()
+        del self.buffer[: end + 4]
+        status = int(head.split(" ", 2)[1])
+        length = 0
+        if m := re.search(r"\r\ncontent-length:\s*(\d+)", head):
+            length = int(m.group(1))
+        while len(self.buffer) < length:
+            await self._fill()
+        del self.buffer[:length]
+        return status, bool(re.search(r"\r\nconnection:\s*close", head))
+
+
+def upload_request(port: int, path: str, token: str) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {UPLOAD_BYTES}\r\n\r\n"
+    )
+    return head.encode() + tone_chunk(20)
+
+
+def stream_request(port: int, path: str, token: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+
+
+@dataclass
+class Target:
+    """A server under test, and the (path, token) pairs its clients use."""
+
+    name: str
+    server: Server
+    uploads: list[tuple[str, str]]
+    streams: list[tuple[str, str]]
+
+
+@dataclass
+class Phase:
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    stream_bytes: int = 0
+
+
+async def post_loop(port: int, request: bytes, period: float, until: float, phase: Phase) -> None:
+    """POST ``request`` every ``period`` until ``until`` (a late one skips, never bursts)."""
+    conn = await RawConnection.open(port)
+    try:
+        due = trio.current_time() + random.random() * period
+        while (due := max(due + period, trio.current_time())) < until:
+            await trio.sleep_until(due)
+            start = trio.current_time()
+            await conn.stream.send_all(request)
+            status, close = await conn.response()
+            phase.latencies.append(trio.current_time() - start)
+            if status == 204:
+                phase.ok += 1
+            else:
+                phase.errors[f"HTTP {status}"] += 1
+            if close:
+                await conn.stream.aclose()
+                conn = await RawConnection.open(port)
+    finally:
+        await conn.stream.aclose()
+
+
+async def stream_loop(port: int, request: bytes, phase: Phase) -> None:
+    """Hold one stream open and read (and drop) whatever it sends until cancelled."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        await stream.send_all(request)
+        while data := await stream.receive_some(65536):
+            phase.stream_bytes += len(data)
+        phase.errors["stream ended"] += 1
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def measure(server: Server, seconds: float, warmup: float, load) -> tuple[float, Phase]:
+    """Server CPU seconds spent during ``seconds`` of ``load`` (after ``warmup``)."""
+    phase = Phase()
+    async with trio.open_nursery() as nursery:
+        t_start = trio.current_time()
+        end = t_start + warmup + seconds + 0.5
+        load(nursery, phase, end)
+        await trio.sleep_until(t_start + warmup)
+        cpu0, ok0, bytes0 = server.cpu_s(), phase.ok, phase.stream_bytes
+        t0 = trio.current_time()
+        await trio.sleep(seconds)
+        cpu1, t1 = server.cpu_s(), trio.current_time()
+        counted = Phase(phase.ok - ok0, phase.errors, phase.latencies, phase.stream_bytes - bytes0)
+        nursery.cancel_scope.cancel()
+    return (cpu1 - cpu0) * seconds / (t1 - t0), counted
+
+
+@contextmanager
+def profiled(target: Target, what: str, args) -> Iterator[None]:
+    """With ``--py-spy DIR``: py-spy samples voxwire during the phase (collapsed stacks
+    and a flame graph). It costs the server CPU too: figures of such a run are inflated."""
+    if args.py_spy is None or target.name not in ("voxwire", "before"):
+        yield
+        return
+    args.py_spy.mkdir(parents=True, exist_ok=True)
+    spies = [
+        subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--pid",
+                str(target.server.proc.pid),
+                "--rate",
+                "200",
+                "--format",
+                fmt,
+                "--output",
+                str(args.py_spy / f"{target.name}-{what}.{ext}"),
+                "--duration",
+                str(int(args.cost_seconds + 1)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for fmt, ext in (("raw", "txt"), ("flamegraph", "svg"))
+    ]
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.wait()
+
+
+async def cost_round(target: Target, args) -> dict:
+    port, seconds = target.server.port, args.cost_seconds
+    idle_cpu, _ = await measure(target.server, seconds / 2, 0.5, lambda *_: None)
+    idle_per_s = idle_cpu / (seconds / 2)
+    idle_cpu = idle_per_s * seconds  # over a phase
+
+    def uploads(nursery: trio.Nursery, phase: Phase, end: float) -> None:
+        for path, token in target.uploads:
+            request = upload_request(port, path, token)
+            nursery.start_soon(post_loop, port, request, args.cost_period_ms / 1000, end, phase)
+
+    def streams(nursery: trio.Nursery, phase: Phase, end: float) -> None:
+        for path, token in target.streams:
+            nursery.start_soon(stream_loop, port, stream_request(port, path, token), phase)
+
+    with profiled(target, "uploads", args):
+        up_cpu, up = await measure(target.server, seconds, 1.0, uploads)
+    await trio.sleep(0.5)
+    with profiled(target, "streams", args):
+        st_cpu, st = await measure(target.server, seconds, 1.0, streams)
+    await trio.sleep(0.5)
+    n_streams = len(target.streams)
+    return {
+        "target": target.name,
+        "idle_cpu_pct": 100 * idle_per_s,
+        "posts": up.ok,
+        "post_errors": dict(up.errors),
+        "post_p50_ms": pct(np.asarray(up.latencies) * 1000, 50),
+        "ms_per_post": 1000 * (up_cpu - idle_cpu) / max(1, up.ok),
+        "upload_cpu_pct": 100 * up_cpu / seconds,
+        "streams": n_streams,
+        "stream_errors": dict(st.errors),
+        "stream_rx_pct": 100 * st.stream_bytes / (BYTES_PER_S * seconds * max(1, n_streams)),
+        "pct_per_stream": 100 * (st_cpu - idle_cpu) / seconds / max(1, n_streams),
+        "stream_cpu_pct": 100 * st_cpu / seconds,
+    }
+
+
+async def voxwire_sessions(server: Server, n: int, config: dict) -> list[tuple[str, str, str]]:
+    """``n`` sessions: (upload path, stream path, token) each."""
+    out = []
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=15) as client:
+        for _ in range(n):
+            r = await client.post("/api/sessions", json=config)
+            r.raise_for_status()
+            info = r.json()
+            out.append((info["urls"]["upload_audio"], info["urls"]["stream_audio"], info["token"]))
+    return out
+
+
+def show_cost(rounds: list[dict], names: list[str], args) -> None:
+    def median(name: str, key: str) -> float:
+        return float(np.median([r[key] for r in rounds if r["target"] == name]))
+
+    def ratios(name: str, key: str) -> str:
+        by_round: dict[int, dict[str, float]] = {}
+        for r in rounds:
+            by_round.setdefault(r["round"], {})[r["target"]] = r[key]
+        each = [v[name] / v["floor"] for v in by_round.values() if name in v and "floor" in v]
+        if not each:
+            return ""
+        return f"{float(np.median(each)):.2f}x (" + ", ".join(f"{x:.2f}" for x in each) + ")"
+
+    titles = {
+        "voxwire": "voxwire",
+        "before": f"voxwire at {args.cost_baseline}",
+        "hypercorn": "hypercorn + bare ASGI app (`floor.py --asgi`)",
+        "floor": "trio + h11 floor (`floor.py`)",
+    }
+    print(
+        f"\n| server | one 20 ms upload POST ({args.cost_uploads} x "
+        f"{1000 / args.cost_period_ms:.0f}/s) | / floor | one open silent stream "
+        f"({args.cost_streams} open) | / floor |\n|---|---:|---|---:|---|"
+    )
+    for name in names:
+        print(
+            f"| {titles[name]} | {median(name, 'ms_per_post'):.2f} ms | "
+            f"{ratios(name, 'ms_per_post')} | {median(name, 'pct_per_stream'):.2f} % of a core | "
+            f"{ratios(name, 'pct_per_stream')} |"
+        )
+    print(
+        "(server CPU less its idle rate, medians over the rounds; ratios: the median of the "
+        "per-round ratios, each round's in brackets)"
+    )
+
+
+async def cost_main(args) -> list[dict]:
+    tmp = Path(tempfile.mkdtemp(prefix="voxwire-cost-"))
+    vox = Server(tmp / "server.log", "--responder", "none", ready_path="/readyz")
+    floor = FloorServer(tmp / "floor.log", args.cost_floor)
+    hyper = FloorServer(tmp / "hypercorn.log", args.cost_floor, "--asgi")
+    before = None
+    if args.cost_baseline:
+        before = VoxwireAt(
+            args.cost_baseline, tmp / "before.log", "--responder", "none", ready_path="/readyz"
+        )
+    await vox.start()
+    await floor.start()
+    if not args.cost_no_asgi:
+        await hyper.start()
+    if before is not None:
+        await before.start()
+    rounds: list[dict] = []
+    try:
+        config = json.loads(args.cost_config)
+        targets = []
+        for name, server in (("voxwire", vox), ("before", before)):
+            if server is None:
+                continue
+            n = args.cost_uploads + args.cost_streams
+            sessions = await voxwire_sessions(server, n, config)
+            ups, sts = sessions[: args.cost_uploads], sessions[args.cost_uploads :]
+            targets.append(
+                Target(name, server, [(u, t) for u, _, t in ups], [(s, t) for _, s, t in sts])
+            )
+        targets += [
+            *(
+                Target(
+                    name,
+                    server,
+                    [(f"/upload/{i}", "x") for i in range(args.cost_uploads)],
+                    [(f"/stream/{i}", "x") for i in range(args.cost_streams)],
+                )
+                for name, server in (("hypercorn", hyper), ("floor", floor))
+                if name != "hypercorn" or not args.cost_no_asgi
+            ),
+        ]
+        print(
+            "cost: "
+            + ", ".join(f"{t.name} pid {t.server.proc.pid} on {t.server.base_url}" for t in targets)
+            + f"; logs in {tmp}; voxwire session config {config}; {args.cost_rounds} rounds of "
+            f"idle ({args.cost_seconds / 2:g} s), uploads and streams ({args.cost_seconds:g} s "
+            f"each) per server, the servers' order rotating"
+        )
+        for i in range(args.cost_rounds):
+            for target in targets[i % len(targets) :] + targets[: i % len(targets)]:
+                r = await cost_round(target, args)
+                r["round"] = i
+                rounds.append(r)
+                print(
+                    f"  round {i} {r['target']:>9}: idle {r['idle_cpu_pct']:.1f}% | "
+                    f"{r['posts']} POSTs, {r['upload_cpu_pct']:.1f}% CPU, "
+                    f"{r['ms_per_post']:.3f} ms/POST (p50 {r['post_p50_ms']:.1f} ms) "
+                    f"{r['post_errors'] or ''}| {r['streams']} streams, "
+                    f"{r['stream_cpu_pct']:.1f}% CPU, {r['pct_per_stream']:.2f}%/stream, rx "
+                    f"{r['stream_rx_pct']:.0f}% {r['stream_errors'] or ''}"
+                )
+                sys.stdout.flush()
+    finally:
+        for server in (vox, floor, hyper, before):
+            if server is not None:
+                server.stop()
+    show_cost(rounds, [t.name for t in targets], args)
+    if args.json:
+        args.json.write_text(json.dumps(rounds, indent=2))
+    return rounds
+
+
 # -- output -----------------------------------------------------------------------------
 
 
@@ -527,6 +917,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--setup-timeout", type=float, default=120.0)
     p.add_argument("--json", type=Path, help="also write the figures to this file")
+    cost = p.add_argument_group(
+        "cost", "server CPU per upload POST and per open stream, voxwire against bench/floor.py"
+    )
+    cost.add_argument("--cost", action="store_true", help="run this instead of the levels")
+    cost.add_argument("--cost-uploads", type=int, default=4, help="uploading sessions (4)")
+    cost.add_argument("--cost-period-ms", type=float, default=20, help="POST period each (20)")
+    cost.add_argument("--cost-streams", type=int, default=20, help="open streams (20)")
+    cost.add_argument("--cost-seconds", type=float, default=8.0, help="per phase (8)")
+    cost.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds (3)")
+    cost.add_argument(
+        "--cost-floor",
+        type=Path,
+        default=FLOOR_SCRIPT,
+        metavar="SCRIPT",
+        help="the floor server (default bench/floor.py; it takes --port N)",
+    )
+    cost.add_argument(
+        "--cost-baseline",
+        type=Path,
+        metavar="DIR",
+        help="also measure the voxwire of another checkout (e.g. the commit before a change)",
+    )
+    cost.add_argument(
+        "--cost-no-asgi",
+        action="store_true",
+        help="leave out the hypercorn + bare ASGI app reference (floor.py --asgi)",
+    )
+    cost.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="profile voxwire's phases with py-spy into DIR (inflates its CPU figures)",
+    )
+    cost.add_argument(
+        "--cost-config",
+        default='{"responder": "none"}',
+        help='voxwire session config, JSON (default {"responder": "none"})',
+    )
     args = p.parse_args(argv)
     args.levels = [int(x) for x in args.sessions.split(",") if x.strip()]
     return args
@@ -571,5 +999,6 @@ async def main(args) -> list[dict]:
 
 if __name__ == "__main__":
     started = time.monotonic()
-    trio.run(main, parse_args())
+    arguments = parse_args()
+    trio.run(cost_main if arguments.cost else main, arguments)
     print(f"\n(total {time.monotonic() - started:.0f} s)")

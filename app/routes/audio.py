@@ -22,6 +22,10 @@ from app.routes._common import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from app._metrics import Metrics
+    from app._playout import Reader, StreamStart
+    from app._session import Session, UploadResult
+
 bp = Blueprint("audio", __name__)
 
 
@@ -65,8 +69,8 @@ def parse_pcm_format(content_type: str | None, session_rate: int) -> PcmFormat:
     return PcmFormat(rate, big_endian=mimetype == "audio/l16")
 
 
-def _sequence() -> int | None:
-    raw = request.headers.get("X-Sequence")
+def parse_sequence(raw: str | None) -> int | None:
+    """The ``X-Sequence`` header: absent, or a whole number (400 otherwise)."""
     if raw is None:
         return None
     value = whole_number(raw)
@@ -77,30 +81,63 @@ def _sequence() -> int | None:
     return value
 
 
-@bp.route("/api/sessions/<session_id>/upload_audio", methods=["POST", "PUT"])
-async def upload_audio(session_id: str) -> Response:
-    session = authorised_session(session_id)
+async def take_upload(
+    session: Session,
+    body: AsyncIterator[bytes],
+    *,
+    content_type: str | None,
+    sequence: str | None,
+    content_length: int | None,
+    metrics: Metrics,
+) -> UploadResult:
+    """One upload_audio request after authorisation: the Quart route's and the ASGI fast
+    path's (app/_asgi.py) common core, from the raw header values.
+
+    Raises:
+        ApiError: 415 format, 400 sequence, and whatever :meth:`Session.upload` raises
+            (counted as rejected uploads by status).
+    """
     with session.request():
         try:
             # Decided from the headers alone, before any of the body is read.
-            fmt = parse_pcm_format(
-                request.headers.get("Content-Type"), session.config.input_sample_rate
-            )
-            result = await session.upload(
-                request.body, fmt, sequence=_sequence(), content_length=request.content_length
+            fmt = parse_pcm_format(content_type, session.config.input_sample_rate)
+            return await session.upload(
+                body, fmt, sequence=parse_sequence(sequence), content_length=content_length
             )
         except ApiError as error:
-            metrics().upload_rejected.labels(str(error.status)).inc()
+            metrics.upload_rejected.labels(str(error.status)).inc()
             raise
-        response = Response("", status=204)
-        response.headers["X-Accepted-Bytes"] = str(result.accepted_bytes)
-        if result.acked_sequence is not None:
-            response.headers["X-Acked-Sequence"] = str(result.acked_sequence)
-        return response
 
 
-def _from_ms() -> int | None:
-    raw = request.args.get("from_ms")
+def upload_reply_headers(result: UploadResult) -> dict[str, str]:
+    """The headers of upload_audio's 204, after Quart's own (both paths)."""
+    headers = {"X-Accepted-Bytes": str(result.accepted_bytes)}
+    if result.acked_sequence is not None:
+        headers["X-Acked-Sequence"] = str(result.acked_sequence)
+    return headers
+
+
+@bp.route("/api/sessions/<session_id>/upload_audio", methods=["POST", "PUT"])
+async def upload_audio(session_id: str) -> Response:
+    # app/_asgi.py serves POST and PUT here without Quart; this route is what it must match
+    # (tests/test_fast_paths.py compares the two), and serves when that path is off.
+    session = authorised_session(session_id)
+    result = await take_upload(
+        session,
+        request.body,
+        content_type=request.headers.get("Content-Type"),
+        sequence=request.headers.get("X-Sequence"),
+        content_length=request.content_length,
+        metrics=metrics(),
+    )
+    response = Response("", status=204)
+    for name, value in upload_reply_headers(result).items():
+        response.headers[name] = value
+    return response
+
+
+def parse_from_ms(raw: str | None) -> int | None:
+    """``stream_audio?from_ms=``: absent, or a whole number of ms (400 otherwise)."""
     if raw is None:
         return None
     if whole_number(raw) is None:
@@ -110,11 +147,45 @@ def _from_ms() -> int | None:
     return int(raw)
 
 
+def stream_reply_headers(start: StreamStart) -> dict[str, str]:
+    """stream_audio's headers (before Content-Type)."""
+    return LIVE_STREAM_HEADERS | {
+        # Where this response sits on the session's stream timeline, so a client that
+        # loses the connection can ask for the rest with ?from_ms= (docs/clients.md).
+        "X-Stream-Position-Ms": str(start.position_ms),
+        "X-Stream-Padding-Bytes": str(start.padding_bytes),
+        "X-Stream-Resumed": "true" if start.resumed else "false",
+    }
+
+
+# A reader that lagged catches up in one write, not one per queued write.
+MAX_JOINED_WRITES = 16
+
+
+async def next_write(reader: Reader) -> bytes | None:
+    """The stream's next socket write: what ``reader`` holds (a few writes, joined), or
+    ``None`` once the stream has ended.
+
+    Cancellation: safe; nothing is taken from the reader when cancelled.
+    """
+    try:
+        first = await reader.receive.receive()
+    except trio.EndOfChannel:
+        return None
+    writes = [first]
+    while len(writes) < MAX_JOINED_WRITES:
+        try:
+            writes.append(reader.receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    return b"".join(writes)
+
+
 @bp.get("/api/sessions/<session_id>/stream_audio")
 async def stream_audio(session_id: str) -> Response:
     session = authorised_session(session_id, allow_query_token=True)
     refuse_if_draining()
-    start = session.open_stream(_from_ms())
+    start = session.open_stream(parse_from_ms(request.args.get("from_ms")))
     prelude, reader = start.prelude, start.reader
 
     async def body() -> AsyncIterator[bytes]:
@@ -122,27 +193,13 @@ async def stream_audio(session_id: str) -> Response:
             try:
                 yield prelude
                 session.note_bytes_out(len(prelude))
-                async for frame in reader.receive:
-                    # A reader that lagged catches up in one write, not one per frame.
-                    frames = [frame]
-                    while len(frames) < 16:
-                        try:
-                            frames.append(reader.receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    data = b"".join(frames)
+                while (data := await next_write(reader)) is not None:
                     yield data
                     session.note_bytes_out(len(data))
             finally:
                 session.playout.detach(reader)
 
-    headers = LIVE_STREAM_HEADERS | {
-        # Where this response sits on the session's stream timeline, so a client that
-        # loses the connection can ask for the rest with ?from_ms= (docs/clients.md).
-        "X-Stream-Position-Ms": str(start.position_ms),
-        "X-Stream-Padding-Bytes": str(start.padding_bytes),
-        "X-Stream-Resumed": "true" if start.resumed else "false",
-    }
+    headers = stream_reply_headers(start)
     response = Response(body(), status=200, content_type="audio/wav", headers=headers)
     response.timeout = None  # Quart's RESPONSE_TIMEOUT would cut the stream at 60 s.
     return response
