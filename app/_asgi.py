@@ -33,6 +33,7 @@ from werkzeug.sansio.utils import get_content_length
 
 from app._cors import EXPOSE_HEADERS, CorsPolicy
 from app._errors import ApiError
+from app.routes._common import bearer_credential
 from app.routes.audio import take_upload, upload_reply_headers
 
 if TYPE_CHECKING:
@@ -120,18 +121,6 @@ class RequestHeaders:
             if key == name:
                 return value.decode("latin1")
         return None
-
-
-def bearer_credential(header: str | None) -> str | None:
-    """The ``Authorization: Bearer`` credential, if any.
-
-    Must read headers exactly as app/routes/_common.py's ``bearer_token`` does (the test
-    compares them).
-    """
-    scheme, _, credential = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not credential.strip():
-        return None
-    return credential.strip()
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,13 +49,18 @@ def models() -> ModelHub:
     return hub
 
 
-def bearer_token() -> str | None:
-    """The ``Authorization: Bearer`` credential, if any."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, credential = header.partition(" ")
+def bearer_credential(header: str | None) -> str | None:
+    """The ``Authorization: Bearer`` credential, if any (the fast path and the routes'
+    ``bearer_token`` both read it here)."""
+    scheme, _, credential = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not credential.strip():
         return None
     return credential.strip()
+
+
+def bearer_token() -> str | None:
+    """The ``Authorization: Bearer`` credential, if any."""
+    return bearer_credential(request.headers.get("Authorization"))
 
 
 def require_api_key() -> None:
