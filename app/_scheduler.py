@@ -9,6 +9,8 @@ the machine is never asked for more threads than it has cores.
 - **Priorities.** Turn decisions first (one worker takes only those, so a decision never
   waits behind a decode), then final transcripts and the first piece of a reply, then
   later reply pieces, then partials. Within a priority, first come first served.
+  Partials run on at most half the workers at once (their lane), so they never hold
+  every core when a final arrives; queued partials of several sessions share one call.
 - **Stale jobs are dropped before they run.** A caller that is cancelled while its job is
   queued (a reply cut by barge-in, a turn that ended) takes the job out of the queue. A
   job submitted with a ``key`` replaces a queued job with the same key (a partial
@@ -120,6 +122,9 @@ class Scheduler:
         max_queued: jobs queued at most; past it a submit fails.
         max_batch: jobs run together at most in one batched call.
         full_lag_s: :attr:`full` once urgent jobs wait this long on average.
+        partial_lanes: calls of partials running at once at most (default: half the
+            workers, at least one), so partials can never hold every core: a final or a
+            first reply waits at most for the call already running on its own lane.
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class Scheduler:
         max_queued: int = 512,
         max_batch: int = 4,
         full_lag_s: float = 0.3,
+        partial_lanes: int | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("a scheduler needs at least one worker")
@@ -145,6 +151,8 @@ class Scheduler:
         self._work = trio.lowlevel.ParkingLot()
         self._urgent = trio.lowlevel.ParkingLot()
         self._waits = {p: _Wait() for p in Priority}
+        self._lanes = {Priority.PARTIAL: partial_lanes or max(1, workers // 2)}
+        self._busy = dict.fromkeys(Priority, 0)  # calls running, by priority
         self._running = False
         # one token per worker thread; trio's default limiter would let others share it
         self._threads = trio.CapacityLimiter(workers + 1)
@@ -266,7 +274,14 @@ class Scheduler:
                 wait = now - job.submitted
                 self._waits[job.priority].add(now, wait)
                 self._metrics.scheduler_wait.labels(job.priority.name.lower()).observe(wait)
-            await self._run(jobs)
+            priority = jobs[0].priority
+            self._busy[priority] += 1
+            try:
+                await self._run(jobs)
+            finally:
+                self._busy[priority] -= 1
+            if priority in self._lanes:
+                self._work.unpark()  # a job held by its lane's cap may run now
 
     async def _run(self, jobs: list[_Job[Any]]) -> None:
         first = jobs[0]
@@ -339,7 +354,17 @@ class Scheduler:
             heapq.heappop(heap)  # dropped while queued
         if not heap or (urgent_only and heap[0].priority is not Priority.TURN):
             return []
-        first = heapq.heappop(heap)
+        if self._may_run(heap[0].priority):
+            first = heapq.heappop(heap)
+        else:  # the most urgent kind is at its cap: the next kind that is not
+            eligible = (
+                j for j in sorted(heap) if j.state is _State.QUEUED and self._may_run(j.priority)
+            )
+            found = next(eligible, None)
+            if found is None:
+                return []
+            first = found
+            first.state = _State.RUNNING  # (left in the heap: skipped when popped)
         self._count(first.priority, -1)
         jobs = [first]
         if first.batch is not None and self.max_batch > 1:
@@ -353,6 +378,10 @@ class Scheduler:
                     self._count(job.priority, -1)
                     jobs.append(job)
         return jobs
+
+    def _may_run(self, priority: Priority) -> bool:
+        cap = self._lanes.get(priority)
+        return cap is None or self._busy[priority] < cap
 
     def _unqueue(self, job: _Job[Any], reason: str) -> None:
         job.state = _State.DONE  # (left in the heap: skipped when popped)

@@ -246,3 +246,25 @@ async def test_partials_that_wait_thin_out(
         owner.cancel_scope.cancel()
     stretch = scheduler.partial_stretch()
     assert 1.0 < stretch < math.inf  # a 500 ms wait (weighted): further apart, not none
+
+
+async def test_partials_keep_to_their_lane_so_a_final_finds_a_free_worker(
+    metrics: Metrics,
+) -> None:
+    scheduler = Scheduler(workers=2, metrics=metrics)  # partials: one lane of two
+    gate = Gate()
+    ran: list[str] = []
+    async with trio.open_nursery() as owner:
+        await owner.start(scheduler.run)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scheduler.submit, "stt", Priority.PARTIAL, gate)
+            await entered(gate)
+            nursery.start_soon(scheduler.submit, "stt", Priority.PARTIAL, ran.append, "p2")
+            await until_queued(scheduler, Priority.PARTIAL, 1)
+            with trio.fail_after(5):  # the second worker is free for it, not for p2
+                await scheduler.submit("stt", Priority.FIRST, ran.append, "final")
+            assert ran == ["final"]
+            assert scheduler.queued(Priority.PARTIAL) == 1  # held by the lane, not lost
+            gate.release.set()
+        owner.cancel_scope.cancel()
+    assert ran == ["final", "p2"]
