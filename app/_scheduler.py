@@ -9,8 +9,9 @@ the machine is never asked for more threads than it has cores.
 - **Priorities.** Turn decisions first (one worker takes only those, so a decision never
   waits behind a decode), then final transcripts and the first piece of a reply, then
   later reply pieces, then partials. Within a priority, first come first served.
-  Partials run on at most half the workers at once (their lane), so they never hold
-  every core when a final arrives; queued partials of several sessions share one call.
+  Partials run on at most half the workers at once (their lane), and start only while
+  no final or reply is running, so they never take the CPU a final needs; queued
+  partials of several sessions share one call.
 - **Stale jobs are dropped before they run.** A caller that is cancelled while its job is
   queued (a reply cut by barge-in, a turn that ended) takes the job out of the queue. A
   job submitted with a ``key`` replaces a queued job with the same key (a partial
@@ -280,8 +281,7 @@ class Scheduler:
                 await self._run(jobs)
             finally:
                 self._busy[priority] -= 1
-            if priority in self._lanes:
-                self._work.unpark()  # a job held by its lane's cap may run now
+            self._work.unpark()  # a partial held back by its lane may run now
 
     async def _run(self, jobs: list[_Job[Any]]) -> None:
         first = jobs[0]
@@ -381,7 +381,15 @@ class Scheduler:
 
     def _may_run(self, priority: Priority) -> bool:
         cap = self._lanes.get(priority)
-        return cap is None or self._busy[priority] < cap
+        if cap is None:
+            return True
+        if priority is Priority.PARTIAL and (
+            self._busy[Priority.FIRST] or self._busy[Priority.REPLY]
+        ):
+            # a partial starts only on idle cores: a final or a reply that is running
+            # keeps the CPU to itself (queued partials wait, and so thin out)
+            return False
+        return self._busy[priority] < cap
 
     def _unqueue(self, job: _Job[Any], reason: str) -> None:
         job.state = _State.DONE  # (left in the heap: skipped when popped)

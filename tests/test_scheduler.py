@@ -268,3 +268,21 @@ async def test_partials_keep_to_their_lane_so_a_final_finds_a_free_worker(
             gate.release.set()
         owner.cancel_scope.cancel()
     assert ran == ["final", "p2"]
+
+
+async def test_a_partial_waits_while_a_final_runs(metrics: Metrics) -> None:
+    scheduler = Scheduler(workers=2, metrics=metrics)
+    gate = Gate()
+    ran: list[str] = []
+    async with trio.open_nursery() as owner:
+        await owner.start(scheduler.run)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scheduler.submit, "stt", Priority.FIRST, gate)
+            await entered(gate)
+            nursery.start_soon(scheduler.submit, "stt", Priority.PARTIAL, ran.append, "p")
+            await until_queued(scheduler, Priority.PARTIAL, 1)
+            await trio.sleep(0.05)  # a worker is free, and still it waits
+            assert ran == []
+            gate.release.set()
+        owner.cancel_scope.cancel()
+    assert ran == ["p"]
