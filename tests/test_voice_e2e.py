@@ -105,7 +105,6 @@ async def test_a_spoken_sentence_is_transcribed_and_spoken_back(
         types,
         [
             "input_audio_buffer.speech_started",
-            "conversation.item.input_audio_transcription.delta",
             "input_audio_buffer.speech_stopped",
             "input_audio_buffer.committed",
             "conversation.item.input_audio_transcription.completed",
@@ -125,11 +124,20 @@ async def test_a_spoken_sentence_is_transcribed_and_spoken_back(
     completed = events.of("conversation.item.input_audio_transcription.completed")[0]
     assert wer(SENTENCE, completed["transcript"]) <= 0.2, completed["transcript"]
     deltas = events.of("conversation.item.input_audio_transcription.delta")
-    assert deltas
+    if not deltas:
+        # Partials are the first thing to give on a loaded CPU (app/_scheduler.py): a 2 s
+        # sentence may end before one is decoded. Then the server must show it was slow.
+        skipped = await metric(client, "voxwire_partials_skipped_total")
+        stt_s = await metric(client, 'voxwire_inference_seconds_sum{model="stt"}')
+        stt_n = await metric(client, 'voxwire_inference_seconds_count{model="stt"}')
+        assert skipped > 0 or stt_s / stt_n >= 0.25, (skipped, stt_s, stt_n, types)
     assert all(d["item_id"] == completed["item_id"] for d in deltas)
-    assert types.index("conversation.item.input_audio_transcription.delta") < types.index(
-        "conversation.item.input_audio_transcription.completed"
-    )
+    if deltas:
+        assert (
+            types.index("input_audio_buffer.speech_started")
+            < types.index("conversation.item.input_audio_transcription.delta")
+            < types.index("input_audio_buffer.speech_stopped")
+        ), types
     # the reply: the echo's text, then its audio on the stream, which says the same
     assert done["response"]["status"] == "completed"
     said = "".join(d["delta"] for d in events.of("response.audio_transcript.delta"))
