@@ -111,7 +111,7 @@ class ModelHub:
         *args: Any,
         key: Hashable | None = None,
     ) -> T:
-        """``fn(*args)`` through the scheduler; failures are counted.
+        """``fn(*args)`` through the scheduler (which counts failures by model).
 
         Cancellation: a queued job is dropped; a running one is finished by its worker
         and its result dropped (the caller returns at once).
@@ -120,11 +120,7 @@ class ModelHub:
             ModelError: the model failed (or the queue is full).
             Stale: a newer job with the same ``key`` replaced this one.
         """
-        try:
-            return await self.scheduler.submit(model, priority, fn, *args, key=key)
-        except ModelError:
-            self._metrics.model_errors.labels(model).inc()
-            raise
+        return await self.scheduler.submit(model, priority, fn, *args, key=key)
 
     async def infer_batchable(
         self,
@@ -137,13 +133,9 @@ class ModelHub:
         key: Hashable | None = None,
     ) -> T:
         """``batch([item])[0]``, batched with queued jobs of the same ``group``."""
-        try:
-            return await self.scheduler.submit_batchable(
-                model, priority, batch, item, group=group, key=key
-            )
-        except ModelError:
-            self._metrics.model_errors.labels(model).inc()
-            raise
+        return await self.scheduler.submit_batchable(
+            model, priority, batch, item, group=group, key=key
+        )
 
     async def infer_vad(self, fn: Callable[..., T], *args: Any) -> T:
         """The VAD, in a thread of its own limiter: never queued behind a decode."""

@@ -322,6 +322,7 @@ class Scheduler:
             raise RuntimeError("the scheduler is not running")
         if sum(self._queued.values()) >= self.max_queued:
             self._metrics.scheduler_dropped.labels("full").inc()
+            self._metrics.model_errors.labels(job.model).inc()
             raise ModelError(job.model, "the inference queue is full")
         if job.key is not None:
             old = self._keys.get(job.key)
@@ -344,7 +345,11 @@ class Scheduler:
             if job.key is not None and self._keys.get(job.key) is job:
                 del self._keys[job.key]
         assert job.result is not None
-        value: T = job.result.unwrap()
+        try:
+            value: T = job.result.unwrap()
+        except ModelError:
+            self._metrics.model_errors.labels(job.model).inc()
+            raise
         return value
 
     def _take(self, urgent_only: bool) -> list[_Job[Any]]:
