@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -188,9 +189,22 @@ class TurnDetection:
         return data
 
 
+MODALITIES = ("audio", "text")
+TRANSCRIPTION_MODELS = ("whisper-tiny.en",)
+TRANSCRIPTION_LANGUAGES = ("en",)
+TOOL_CHOICES = ("auto", "none", "required")
+MAX_TOOLS = 128
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
-    """One session's configuration; ``turn_detection=None`` means push-to-talk."""
+    """One session's configuration; ``turn_detection=None`` means push-to-talk.
+
+    This is voxwire's flat shape (OpenAI Realtime's beta names plus voxwire's own keys);
+    :mod:`app._realtime` maps the GA shape (``audio.input.*``, ``output_modalities``, ...)
+    onto it.
+    """
 
     instructions: str = "You are a helpful assistant."
     voice: str = "joe"
@@ -200,13 +214,38 @@ class SessionConfig:
     responder: str = "echo"
     temperature: float = 0.8
     max_response_output_tokens: int = 4096
+    modalities: tuple[str, ...] = ("audio",)  # ("text",): replies are text only, unspoken
+    tools: tuple[dict[str, Any], ...] = ()  # Realtime function tools
+    tool_choice: str | dict[str, Any] = "auto"
+    speed: float = 1.0
+    transcription_model: str = TRANSCRIPTION_MODELS[0]
+    transcription_language: str = "en"
+
+    @property
+    def speaks(self) -> bool:
+        return "audio" in self.modalities
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["turn_detection"] = (
-            None if self.turn_detection is None else self.turn_detection.to_json()
-        )
-        return data
+        return {
+            "instructions": self.instructions,
+            "voice": self.voice,
+            "input_sample_rate": self.input_sample_rate,
+            "output_sample_rate": self.output_sample_rate,
+            "turn_detection": None
+            if self.turn_detection is None
+            else self.turn_detection.to_json(),
+            "responder": self.responder,
+            "temperature": self.temperature,
+            "max_response_output_tokens": self.max_response_output_tokens,
+            "modalities": ["text", "audio"] if self.speaks else ["text"],
+            "tools": [dict(t) for t in self.tools],
+            "tool_choice": self.tool_choice,
+            "speed": self.speed,
+            "input_audio_transcription": {
+                "model": self.transcription_model,
+                "language": self.transcription_language,
+            },
+        }
 
 
 # Keys that may not change once a session exists: the WAV header and the client's
@@ -249,32 +288,266 @@ def _choice(value: object, param: str, choices: tuple[Any, ...]) -> Any:
     return value
 
 
-def _turn_detection(value: object, base: TurnDetection | None) -> TurnDetection | None:
+def _unsupported(param: str, what: str, available: str) -> ApiError:
+    return ApiError(
+        422, "unsupported_value", f"{param}: {what} is not available; {available}", param=param
+    )
+
+
+def _turn_detection(
+    value: object, base: TurnDetection | None, param: str = "turn_detection"
+) -> TurnDetection | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise _bad("turn_detection", "turn_detection must be an object or null")
+        raise _bad(param, f"{param} must be an object or null")
     start = base or TurnDetection()
     out: dict[str, Any] = {}
     for key, v in value.items():
-        param = f"turn_detection.{key}"
+        where = f"{param}.{key}"
         if key == "type":
-            out[key] = _choice(v, param, TURN_DETECTION_TYPES)
+            out[key] = _choice(v, where, TURN_DETECTION_TYPES)
         elif key == "eagerness":
-            out[key] = _choice(v, param, EAGERNESS)
+            out[key] = _choice(v, where, EAGERNESS)
         elif key in ("create_response", "interrupt_response"):
             if not isinstance(v, bool):
-                raise _bad(param, f"{param} must be a boolean")
+                raise _bad(where, f"{where} must be a boolean")
             out[key] = v
         elif key == "threshold":
-            out[key] = _number(v, param, 0.0, 1.0)
+            out[key] = _number(v, where, 0.0, 1.0)
         elif key == "prefix_padding_ms":
-            out[key] = _integer(v, param, 0, 5000)
+            out[key] = _integer(v, where, 0, 5000)
         elif key == "silence_duration_ms":
-            out[key] = _integer(v, param, 0, 10000)
+            out[key] = _integer(v, where, 0, 10000)
+        elif key == "idle_timeout_ms":
+            if v is not None:
+                raise _unsupported(where, "an idle timeout", "leave it null")
         else:
-            raise _bad(param, f"unknown key {key!r}")
+            raise _bad(where, f"unknown key {key!r}")
     return dataclasses.replace(start, **out)
+
+
+def parse_modalities(value: object, param: str, *, beta: bool) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
+        raise _bad(param, f"{param} must be a non-empty list of 'audio' and 'text'")
+    for i, m in enumerate(value):
+        _choice(m, f"{param}[{i}]", MODALITIES)
+    if beta:  # beta: ["text", "audio"] speaks (with a transcript), ["text"] does not
+        return ("audio",) if "audio" in value else ("text",)
+    if len(set(value)) > 1:
+        raise _unsupported(param, "audio and text at once", "use ['audio'] or ['text']")
+    return (value[0],)
+
+
+def parse_tools(value: object, param: str) -> tuple[dict[str, Any], ...]:
+    if not isinstance(value, list):
+        raise _bad(param, f"{param} must be a list")
+    if len(value) > MAX_TOOLS:
+        raise _bad(param, f"{param} holds at most {MAX_TOOLS} tools")
+    tools: list[dict[str, Any]] = []
+    for i, tool in enumerate(value):
+        where = f"{param}[{i}]"
+        if not isinstance(tool, dict):
+            raise _bad(where, "each tool must be an object")
+        kind = tool.get("type", "function")
+        if kind != "function":
+            raise _unsupported(f"{where}.type", repr(kind), "voxwire calls 'function' tools")
+        name = tool.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+            raise _bad(f"{where}.name", "a tool name is 1-64 of [A-Za-z0-9_-]")
+        if any(t["name"] == name for t in tools):
+            raise _bad(f"{where}.name", f"tool {name!r} is defined twice")
+        description = tool.get("description", "")
+        if not isinstance(description, str):
+            raise _bad(f"{where}.description", "description must be a string")
+        parameters = tool.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(parameters, dict):
+            raise _bad(f"{where}.parameters", "parameters must be a JSON Schema object")
+        for key in tool:
+            if key not in ("type", "name", "description", "parameters"):
+                raise _bad(f"{where}.{key}", f"unknown key {key!r}")
+        tools.append(
+            {"type": "function", "name": name, "description": description, "parameters": parameters}
+        )
+    return tuple(tools)
+
+
+def parse_tool_choice(value: object, param: str) -> str | dict[str, Any]:
+    if isinstance(value, str):
+        return str(_choice(value, param, TOOL_CHOICES))
+    if isinstance(value, dict):
+        if value.get("type") != "function":
+            raise _unsupported(f"{param}.type", repr(value.get("type")), "use 'function'")
+        name = value.get("name")
+        if not isinstance(name, str) or set(value) - {"type", "name"}:
+            raise _bad(param, f"{param} is {{'type': 'function', 'name': <a tool's name>}}")
+        return {"type": "function", "name": name}
+    raise _bad(param, f"{param} must be auto, none, required or a function")
+
+
+def check_tool_choice(tools: tuple[dict[str, Any], ...], choice: object, param: str) -> None:
+    """A named tool_choice must name one of ``tools``; ``required`` needs some."""
+    names = [t["name"] for t in tools]
+    if isinstance(choice, dict) and choice["name"] not in names:
+        listed = ", ".join(names) or "none are defined"
+        raise _bad(f"{param}.name", f"tool {choice['name']!r} is not defined (tools: {listed})")
+    if choice == "required" and not tools:
+        raise _bad(param, "tool_choice 'required' needs tools")
+
+
+def _pcm_format(value: object, param: str) -> int | None:
+    """A GA ``audio.*.format``: ``{"type": "audio/pcm", "rate": N}`` → N (None: unchanged)."""
+    if not isinstance(value, dict):
+        raise _bad(param, f"{param} must be an object")
+    kind = value.get("type", "audio/pcm")
+    if kind != "audio/pcm":
+        raise _unsupported(f"{param}.type", repr(kind), "voxwire speaks 'audio/pcm' (PCM16)")
+    for key in value:
+        if key not in ("type", "rate"):
+            raise _bad(f"{param}.{key}", f"unknown key {key!r}")
+    if "rate" not in value:
+        return None
+    rate = _integer(value["rate"], f"{param}.rate", 0, 10**6)
+    _choice(rate, f"{param}.rate", SUPPORTED_RATES)
+    return rate
+
+
+def _transcription(value: object, param: str, base: SessionConfig) -> dict[str, Any]:
+    if value is None:
+        raise _unsupported(param, "turning transcription off", "turns need it: omit the key")
+    if not isinstance(value, dict):
+        raise _bad(param, f"{param} must be an object")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        where = f"{param}.{key}"
+        if key == "model":
+            if v not in TRANSCRIPTION_MODELS:
+                raise _unsupported(where, repr(v), f"models: {', '.join(TRANSCRIPTION_MODELS)}")
+            out["transcription_model"] = v
+        elif key == "language":
+            if v is not None and v not in TRANSCRIPTION_LANGUAGES:
+                listed = ", ".join(TRANSCRIPTION_LANGUAGES)
+                raise _unsupported(where, repr(v), f"languages: {listed}")
+            out["transcription_language"] = v or base.transcription_language
+        elif key in ("prompt", "keywords", "delay", "languages"):
+            if v not in (None, "", []):
+                raise _unsupported(where, key, "the embedded Whisper takes no hints")
+        else:
+            raise _bad(where, f"unknown key {key!r}")
+    return out
+
+
+def _null_only(value: object, param: str, what: str) -> None:
+    if value is not None:
+        raise _unsupported(param, what, "leave it null")
+
+
+def _pcm16(value: object, param: str) -> None:
+    if value != "pcm16":
+        raise _unsupported(param, repr(value), "voxwire speaks 'pcm16'")
+
+
+def _flat_field(key: str, v: object, base: SessionConfig, param: str, out: dict[str, Any]) -> None:
+    """Validate one flat (beta and voxwire) key into ``out`` (SessionConfig fields)."""
+    if key == "instructions":
+        if not isinstance(v, str):
+            raise _bad(param, "instructions must be a string")
+        if len(v) > 16000:
+            raise _bad(param, "instructions must be at most 16000 characters")
+        out[key] = v
+    elif key == "voice":
+        if v not in VOICES:
+            raise _unsupported(param, repr(v), f"voices: {', '.join(VOICES)}")
+        out[key] = v
+    elif key in ("input_sample_rate", "output_sample_rate"):
+        out[key] = _integer(v, param, 0, 10**6)
+        _choice(out[key], param, SUPPORTED_RATES)
+    elif key == "turn_detection":
+        out[key] = _turn_detection(v, base.turn_detection, param)
+    elif key == "responder":
+        out[key] = _choice(v, param, RESPONDERS)
+    elif key == "temperature":
+        out[key] = _number(v, param, 0.0, 2.0)
+    elif key in ("max_response_output_tokens", "max_output_tokens"):
+        out["max_response_output_tokens"] = 4096 if v == "inf" else _integer(v, param, 1, 4096)
+    elif key == "tools":
+        out[key] = parse_tools(v, param)
+    elif key == "tool_choice":
+        out[key] = parse_tool_choice(v, param)
+    elif key == "speed":
+        out[key] = _number(v, param, 0.25, 1.5)
+    else:
+        raise _bad(param, f"unknown session config key {key!r}")
+
+
+# OpenAI Realtime (GA) session keys voxwire does not honour: refused by name.
+GA_UNSUPPORTED = ("model", "include", "parallel_tool_calls", "prompt", "reasoning", "tracing")
+GA_SHAPE_KEYS = ("type", "audio", "output_modalities", "max_output_tokens")
+BETA_KEYS = {
+    "modalities": "output_modalities",
+    "input_audio_format": "audio.input.format",
+    "output_audio_format": "audio.output.format",
+    "input_audio_transcription": "audio.input.transcription",
+    "input_audio_noise_reduction": "audio.input.noise_reduction",
+    "turn_detection": "audio.input.turn_detection",
+    "voice": "audio.output.voice",
+    "speed": "audio.output.speed",
+    "max_response_output_tokens": "max_output_tokens",
+}
+
+
+def is_ga_shape(data: dict[str, Any]) -> bool:
+    """Whether a session object is in OpenAI Realtime's GA shape (else beta/flat)."""
+    return any(k in data for k in GA_SHAPE_KEYS)
+
+
+def _ga_session(data: dict[str, Any], base: SessionConfig, out: dict[str, Any]) -> None:
+    for key, v in data.items():
+        if key == "type":
+            if v != "realtime":
+                raise _unsupported(
+                    key, repr(v), "voxwire sessions are 'realtime' (responder 'none' transcribes)"
+                )
+        elif key == "output_modalities":
+            out["modalities"] = parse_modalities(v, key, beta=False)
+        elif key == "audio":
+            if not isinstance(v, dict):
+                raise _bad(key, "audio must be an object")
+            _ga_audio(v, base, out)
+        elif key == "truncation":
+            if v not in ("auto", None):
+                raise _unsupported(key, repr(v), "history is truncated automatically ('auto')")
+        elif key in GA_UNSUPPORTED:
+            raise _unsupported(key, key, "voxwire does not take it (see docs/api.md)")
+        elif key in BETA_KEYS:
+            raise _bad(key, f"{key} is the beta name; in the GA shape it is {BETA_KEYS[key]}")
+        else:
+            _flat_field(key, v, base, key, out)
+
+
+def _ga_audio(audio: dict[str, Any], base: SessionConfig, out: dict[str, Any]) -> None:
+    for side, conf in audio.items():
+        where = f"audio.{side}"
+        if side not in ("input", "output"):
+            raise _bad(where, f"unknown key {side!r}")
+        if not isinstance(conf, dict):
+            raise _bad(where, f"{where} must be an object")
+        for key, v in conf.items():
+            param = f"{where}.{key}"
+            if key == "format":
+                rate = _pcm_format(v, param)
+                if rate is not None:
+                    out[f"{side}_sample_rate"] = rate
+            elif side == "input" and key == "turn_detection":
+                out[key] = _turn_detection(v, base.turn_detection, param)
+            elif side == "input" and key == "transcription":
+                out.update(_transcription(v, param, base))
+            elif side == "input" and key == "noise_reduction":
+                _null_only(v, param, "noise reduction")
+            elif side == "output" and key in ("voice", "speed"):
+                _flat_field(key, v, base, param, out)
+            else:
+                raise _bad(param, f"unknown key {key!r}")
 
 
 def validate_session_config(
@@ -282,40 +555,41 @@ def validate_session_config(
 ) -> SessionConfig:
     """Check a (partial) session config strictly and merge it over ``base``.
 
+    Takes OpenAI Realtime's GA shape (``type``, ``audio.input.*``, ``output_modalities``,
+    ...) or the flat one (beta names and voxwire's own keys); see :func:`is_ga_shape`.
+
     Raises:
         ApiError: 422 naming the offending ``param`` for unknown keys, wrong types,
-            non-finite numbers and out-of-range values.
+            non-finite numbers and out-of-range values (``invalid_value``), and for values
+            voxwire understands but cannot honour (``unsupported_value``, naming what is
+            available).
     """
     base = base or SessionConfig()
     if data is None:
         return base
     if not isinstance(data, dict):
         raise _bad("", "session config must be a JSON object")
+    if not all(isinstance(k, str) for k in data):
+        raise _bad("", "keys must be strings")
     out: dict[str, Any] = {}
-    for key, v in data.items():
-        if not isinstance(key, str):
-            raise _bad("", "keys must be strings")
-        if update and key in IMMUTABLE_KEYS and v != getattr(base, key):
-            raise _bad(key, f"{key} is fixed when the session is created")
-        if key == "instructions":
-            if not isinstance(v, str):
-                raise _bad(key, "instructions must be a string")
-            if len(v) > 16000:
-                raise _bad(key, "instructions must be at most 16000 characters")
-            out[key] = v
-        elif key == "voice":
-            out[key] = _choice(v, key, VOICES)
-        elif key in ("input_sample_rate", "output_sample_rate"):
-            out[key] = _integer(v, key, 0, 10**6)
-            _choice(out[key], key, SUPPORTED_RATES)
-        elif key == "turn_detection":
-            out[key] = _turn_detection(v, base.turn_detection)
-        elif key == "responder":
-            out[key] = _choice(v, key, RESPONDERS)
-        elif key == "temperature":
-            out[key] = _number(v, key, 0.0, 2.0)
-        elif key == "max_response_output_tokens":
-            out[key] = 4096 if v == "inf" else _integer(v, key, 1, 4096)
-        else:
-            raise _bad(key, f"unknown session config key {key!r}")
-    return dataclasses.replace(base, **out)
+    if is_ga_shape(data):
+        _ga_session(data, base, out)
+    else:
+        for key, v in data.items():
+            if key == "modalities":
+                out[key] = parse_modalities(v, key, beta=True)
+            elif key in ("input_audio_format", "output_audio_format"):
+                _pcm16(v, key)
+            elif key == "input_audio_transcription":
+                out.update(_transcription(v, key, base))
+            elif key == "input_audio_noise_reduction":
+                _null_only(v, key, "noise reduction")
+            else:
+                _flat_field(key, v, base, key, out)
+    if update:
+        for key in IMMUTABLE_KEYS:
+            if key in out and out[key] != getattr(base, key):
+                raise _bad(key, f"{key} is fixed when the session is created")
+    config = dataclasses.replace(base, **out)
+    check_tool_choice(config.tools, config.tool_choice, "tool_choice")
+    return config

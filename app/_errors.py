@@ -12,7 +12,8 @@ class VoiceServiceError(Exception):
 class ApiError(VoiceServiceError):
     """A client-visible error, rendered OpenAI-style.
 
-    ``{"type": "error", "error": {"type", "code", "message", "param"}}`` with ``status``.
+    ``{"type": "error", "error": {"type", "code", "message", "param", "event_id"}}`` with
+    ``status``.
     """
 
     def __init__(
@@ -24,6 +25,7 @@ class ApiError(VoiceServiceError):
         param: str | None = None,
         error_type: str = "invalid_request_error",
         headers: dict[str, str] | None = None,
+        event_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -32,6 +34,7 @@ class ApiError(VoiceServiceError):
         self.param = param
         self.error_type = error_type
         self.headers = headers or {}
+        self.event_id = event_id  # the client event that caused it (error events)
 
     def error_object(self) -> dict[str, Any]:
         """The inner ``error`` object (also used in ``error`` server events)."""
@@ -40,6 +43,7 @@ class ApiError(VoiceServiceError):
             "code": self.code,
             "message": self.message,
             "param": self.param,
+            "event_id": self.event_id,
         }
 
     def body(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from app.stages.messages import (
     PIPELINE_RATE,
     Control,
     Frame,
+    ResponseSpec,
     Scored,
     UserTurn,
     new_item_id,
@@ -41,6 +42,7 @@ __all__ = [
     "Deps",
     "Frame",
     "Pipeline",
+    "ResponseSpec",
     "first_clause",
     "new_item_id",
     "new_partial_words",
@@ -71,21 +73,17 @@ class Pipeline:
             nursery.start_soon(listen.run, scored_recv, turns_send, self.responses, self._deps)
             nursery.start_soon(self.responses.run, turns_recv, turns_send.clone())
 
-    def add_item(self, item: Item) -> None:
-        """Add to the conversation; emits ``conversation.item.created``."""
-        self._deps.add_item(item)
+    def add_item(self, item: Item, previous_item_id: str | None = None) -> None:
+        """Add to the conversation; emits ``conversation.item.added`` and ``done``."""
+        self._deps.add_item(item, previous_item_id)
 
-    def response_room(self) -> int:
-        """How many more response.create requests the queue takes now."""
-        return self.responses.room()
-
-    def request_response(self, instructions: str | None) -> None:
+    def request_response(self, spec: ResponseSpec) -> None:
         """response.create.
 
         Raises:
-            trio.WouldBlock: too many responses are queued already.
+            trio.WouldBlock: the pipeline cannot take it now.
         """
-        self.responses.request(instructions)
+        self.responses.request(spec)
 
     def cancel_response(self, reason: str) -> bool:
         """Stop the current response now; whether there was one."""

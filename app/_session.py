@@ -12,7 +12,7 @@ import trio
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app._config import ServerConfig, SessionConfig, validate_session_config
-from app._conversation import Conversation, Item
+from app._conversation import Conversation, Item, spoken_prefix
 from app._errors import ApiError
 from app._events import EventLog
 from app._pipeline import (
@@ -22,9 +22,9 @@ from app._pipeline import (
     Deps,
     Frame,
     Pipeline,
-    new_item_id,
 )
 from app._playout import STREAM_WRITE_MS, Playout, StreamStart
+from app._realtime import ga_session
 from audio import AudioChunk, Framer, PcmDecoder, StreamResampler
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from app._metrics import Metrics
     from app._models import ModelHub
     from app._responders import Responders
+    from app.stages.messages import ResponseSpec
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class Session:
         self.open_requests = 0
         self.stats = SessionStats()
         self.state = "starting"
+        self.beta = False  # its creation asked for the beta event names (OpenAI-Beta)
         self.events = EventLog(server.event_replay_size)
         self.playout = Playout(
             config.output_sample_rate,
@@ -225,26 +227,28 @@ class Session:
             self.last_activity = trio.current_time()
 
     def describe(self) -> dict[str, Any]:
-        """Public JSON view: config and live stats."""
+        """Public JSON view: the GA session object, with voxwire's flat config and live
+        stats."""
         s = self.stats
-        return {
-            "id": self.id,
-            "object": "realtime.session",
-            "state": self.state,
-            "age_s": round(trio.current_time() - self.created_at, 3),
-            "config": self.config.to_json(),
-            "stats": {
-                "bytes_in": s.bytes_in,
-                "bytes_out": s.bytes_out,
-                "audio_in_ms": round(1000 * s.frames * FRAME_SAMPLES / PIPELINE_RATE),
-                "uploads": s.uploads,
-                "throttled": s.throttled,
-                "turns": s.turns,
-                "responding": self.pipeline.responding,
-                "streaming": self.playout.has_reader,
-                "next_sequence": self._next_sequence,
+        return ga_session(
+            self.config,
+            {
+                "id": self.id,
+                "state": self.state,
+                "age_s": round(trio.current_time() - self.created_at, 3),
+                "stats": {
+                    "bytes_in": s.bytes_in,
+                    "bytes_out": s.bytes_out,
+                    "audio_in_ms": round(1000 * s.frames * FRAME_SAMPLES / PIPELINE_RATE),
+                    "uploads": s.uploads,
+                    "throttled": s.throttled,
+                    "turns": s.turns,
+                    "responding": self.pipeline.responding,
+                    "streaming": self.playout.has_reader,
+                    "next_sequence": self._next_sequence,
+                },
             },
-        }
+        )
 
     def check_config(self, patch: object, base: SessionConfig | None = None) -> SessionConfig:
         """Validate a session.update over ``base`` (the current config) without applying it.
@@ -274,13 +278,21 @@ class Session:
 
         Raises:
             ApiError: 503 while the models are not loaded (a reply needs the voice);
-                429 when the response queue has no room for them.
+                409 when a response is already in progress (or asked for), as in OpenAI
+                Realtime: one response at a time.
         """
         error = self._hub.unavailable()
         if error is not None:
             raise error
-        if count > self.pipeline.response_room():
-            raise self._busy("too_many_responses", "responses are already queued for this session")
+        if count > 1 or self.pipeline.responses.busy():
+            raise ApiError(
+                409,
+                "conversation_already_has_active_response",
+                "a response is already in progress; wait for its response.done "
+                "(or send response.cancel)",
+            )
+        if not self.pipeline.responses.ready():
+            raise self._busy("pipeline_busy", "the session is starting; retry shortly")
 
     # -- upload ----------------------------------------------------------------------
 
@@ -495,11 +507,15 @@ class Session:
             return
         raise self._busy("pipeline_busy", "the session is not keeping up; retry shortly")
 
-    def cancel_response(self) -> None:
-        """response.cancel: stop the current response; an error event if there is none."""
+    def cancel_response(self, event_id: str | None = None) -> None:
+        """response.cancel: stop the current response; an error event (naming the client
+        event) if there is none."""
         if not self.pipeline.cancel_response("client_cancelled"):
             error = ApiError(
-                400, "response_cancel_not_active", "there is no response in progress to cancel"
+                400,
+                "response_cancel_not_active",
+                "there is no response in progress to cancel",
+                event_id=event_id,
             )
             self.events.emit("error", error=error.error_object())
 
@@ -508,26 +524,111 @@ class Session:
         frame, self.latest_frame = self.latest_frame, None
         return frame
 
-    def add_user_item(self, role: str, text: str, images: list[str]) -> None:
-        """conversation.item.create; the latest frame joins a user item."""
-        if role == "user":
-            frame = self.take_frame()
-            if frame is not None:
-                images = [*images, frame]
-        self.pipeline.add_item(Item(new_item_id(), role, text, images))  # type: ignore[arg-type]
-
-    def create_response(self, instructions: str | None) -> None:
-        """response.create.
+    def check_item(self, item: Item, previous_item_id: str | None) -> None:
+        """Whether conversation.item.create can add ``item`` (nothing applied).
 
         Raises:
-            ApiError: 429 when responses are queued up already.
+            ApiError: 400 for an id already in use or an unknown ``previous_item_id``.
+        """
+        conversation = self.pipeline.conversation
+        if conversation.get(item.id) is not None:
+            raise ApiError(
+                400,
+                "item_id_exists",
+                f"item {item.id!r} is already in the conversation",
+                param="item.id",
+            )
+        if previous_item_id and conversation.get(previous_item_id) is None:
+            raise self.item_not_found(previous_item_id, "previous_item_id")
+
+    def item_not_found(self, item_id: str, param: str = "item_id") -> ApiError:
+        return ApiError(
+            400, "item_not_found", f"no item {item_id!r} in the conversation", param=param
+        )
+
+    def add_item(self, item: Item, previous_item_id: str | None) -> None:
+        """conversation.item.create (checked by :meth:`check_item`); the latest camera
+        frame joins a user message."""
+        if item.type == "message" and item.role == "user":
+            frame = self.take_frame()
+            if frame is not None:
+                item.images = [*item.images, frame]
+        self.pipeline.add_item(item, previous_item_id)
+
+    def delete_item(self, item_id: str) -> None:
+        """conversation.item.delete (checked: the item exists)."""
+        self.pipeline.conversation.delete(item_id)
+        self.events.emit("conversation.item.deleted", item_id=item_id)
+
+    def check_truncate(self, item_id: str, audio_end_ms: int) -> None:
+        """Raises: ApiError: 400 unless ``item_id`` is an assistant audio message at least
+        ``audio_end_ms`` long."""
+        item = self.pipeline.conversation.get(item_id)
+        if item is None:
+            raise self.item_not_found(item_id)
+        if item.type != "message" or item.role != "assistant" or not item.audio:
+            raise ApiError(
+                400,
+                "invalid_item",
+                "only assistant audio messages can be truncated",
+                param="item_id",
+            )
+        if self.pipeline.responses.current_item() == item_id:
+            return  # still speaking: it is cancelled, and cut where it stopped playing
+        if audio_end_ms > item.audio_ms:
+            raise ApiError(
+                400,
+                "invalid_audio_end_ms",
+                f"audio_end_ms {audio_end_ms} is past the item's {item.audio_ms} ms of audio",
+                param="audio_end_ms",
+            )
+
+    def truncate_item(self, item_id: str, audio_end_ms: int) -> None:
+        """conversation.item.truncate: the history keeps what was heard up to
+        ``audio_end_ms`` (the client stopped playing there). A reply still speaking it is
+        cancelled instead, and cut where its playout stopped."""
+        if self.pipeline.responses.current_item() == item_id:
+            self.pipeline.cancel_response("client_cancelled")
+            return  # the response reports the cut (conversation.item.truncated)
+        item = self.pipeline.conversation.get(item_id)
+        if item is None:
+            return
+        rate = self.config.output_sample_rate
+        item.text = spoken_prefix(item.spoken, audio_end_ms * rate // 1000)
+        item.truncated_ms = audio_end_ms
+        self.events.emit(
+            "conversation.item.truncated",
+            item_id=item_id,
+            content_index=0,
+            audio_end_ms=audio_end_ms,
+        )
+
+    def create_response(self, spec: ResponseSpec) -> None:
+        """response.create (checked by :meth:`check_responses`).
+
+        Raises:
+            ApiError: 429 when the pipeline cannot take it now.
         """
         try:
-            self.pipeline.request_response(instructions)
+            self.pipeline.request_response(spec)
         except trio.WouldBlock:
             raise self._busy(
-                "too_many_responses", "responses are already queued for this session"
+                "pipeline_busy", "the session is not keeping up; retry shortly"
             ) from None
+
+    def clear_output(self) -> None:
+        """output_audio_buffer.clear: the reply's audio stops now (the response is
+        cancelled, its item truncated where playback stopped)."""
+        self.pipeline.cancel_response("client_cancelled")
+
+    async def append_audio(self, data: bytes) -> UploadResult:
+        """input_audio_buffer.append: PCM16 at the session's input rate, as an upload."""
+
+        async def body() -> AsyncIterator[bytes]:
+            yield data
+
+        fmt = PcmFormat(self.config.input_sample_rate)
+        return await self.upload(body(), fmt, sequence=None, content_length=len(data))
 
     def _count_turn(self) -> None:
         self.stats.turns += 1

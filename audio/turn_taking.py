@@ -337,6 +337,11 @@ class TurnMachine:
         """Samples held for the turn in progress (0 when there is none)."""
         return self._held
 
+    @property
+    def turn_start(self) -> int:
+        """The first sample of the current (or last) turn's audio."""
+        return self._start
+
     def audio(self, until_sample: int | None = None) -> Int16:
         """A copy of the turn's audio from its start up to ``until_sample`` (absolute)."""
         data = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)

@@ -13,7 +13,15 @@ from pathlib import Path  # noqa: TC003 - dataclass field types resolve at runti
 import numpy as np
 
 from models._errors import LOAD_ERRORS, ModelError
-from models.responders import EchoResponder, NoResponder, Responder, ResponseRequest
+from models.responders import (
+    EchoResponder,
+    NoResponder,
+    Responder,
+    ResponseRequest,
+    ResponseSink,
+    ToolCallDelta,
+    Usage,
+)
 from models.sentences import SentenceCutter
 from models.smart_turn import SmartTurn
 from models.stt import WhisperStt
@@ -29,9 +37,12 @@ __all__ = [
     "PiperTts",
     "Responder",
     "ResponseRequest",
+    "ResponseSink",
     "SentenceCutter",
     "SileroVad",
     "SmartTurn",
+    "ToolCallDelta",
+    "Usage",
     "VadState",
     "WhisperStt",
     "load_models",

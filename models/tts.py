@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from piper import PiperVoice
+from piper import PiperVoice, SynthesisConfig
 
 from models._errors import LOAD_ERRORS, ModelError
 
@@ -45,8 +45,9 @@ class PiperTts:
         self._voice = voice
         self.sample_rate: int = int(voice.config.sample_rate)
 
-    def synthesize(self, text: str) -> npt.NDArray[np.int16]:
-        """Speak ``text``; returns the samples with short fades at both ends.
+    def synthesize(self, text: str, speed: float = 1.0) -> npt.NDArray[np.int16]:
+        """Speak ``text`` (``speed`` 1.0: the voice's own pace); returns the samples with
+        short fades at both ends.
 
         Raises:
             ModelError: synthesis failed.
@@ -54,7 +55,8 @@ class PiperTts:
         if not text.strip():
             return np.zeros(0, np.int16)
         try:
-            chunks = [c.audio_int16_array for c in self._voice.synthesize(text)]
+            config = None if speed == 1.0 else SynthesisConfig(length_scale=1.0 / speed)
+            chunks = [c.audio_int16_array for c in self._voice.synthesize(text, config)]
         except LOAD_ERRORS as exc:  # KeyError: a character the phonemizer does not map
             raise ModelError("tts", str(exc)) from exc
         if not chunks:

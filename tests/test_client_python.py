@@ -122,7 +122,7 @@ async def test_async_client_talks_in_real_time(server: Running) -> None:
     assert wer(QUESTION, completed["transcript"]) <= 0.2, completed["transcript"]
     (done,) = [e for e in events if e.type == "response.done"]
     assert done["response"]["status"] == "completed"
-    said = "".join(e["delta"] for e in events if e.type == "response.audio_transcript.delta")
+    said = "".join(e["delta"] for e in events if e.type == "response.output_audio_transcript.delta")
     assert said == completed["transcript"]  # the echo responder
     ids = [e.id for e in events if e.id is not None]
     assert ids == sorted(ids)

@@ -80,7 +80,7 @@ async def test_tokens_stream_out_and_speech_starts_before_the_last_token(
         first_audio_at = trio.current_time()
         done = await nth_done(events, 1)
         nursery.cancel_scope.cancel()
-    deltas = [d["delta"] for d in events.of("response.audio_transcript.delta")]
+    deltas = [d["delta"] for d in events.of("response.output_audio_transcript.delta")]
     assert len(deltas) == len(fake.reply.split())
     assert "".join(deltas) == fake.reply
     assert done["response"]["status"] == "completed"
@@ -114,7 +114,9 @@ async def test_history_follows_the_conversation_and_truncation_after_a_cancel(
         await nth_done(events, 1)
         fake.reply, fake.token_delay_s = LONG_REPLY, 0.02
         await post_events(client, s, say("Turn two."), CREATE)
-        await events.wait_for("response.audio_transcript.delta", lambda e: "keeps" in e["delta"])
+        await events.wait_for(
+            "response.output_audio_transcript.delta", lambda e: "keeps" in e["delta"]
+        )
         mark = stream.n
         # 1.5 s of the reply's audio has played (however slow the TTS: under load the
         # stream carries silence between pieces, which is not played reply)
@@ -150,8 +152,11 @@ async def test_history_follows_the_conversation_and_truncation_after_a_cancel(
     assert LONG_REPLY.startswith(heard["content"])
     assert 10 < len(heard["content"]) < len(LONG_REPLY) - 20
     assert messages[5] == {"role": "user", "content": "Turn three."}
-    created = [e["item"]["role"] for e in events.of("conversation.item.created")]
-    assert created == ["user", "user", "user"]
+    # every item is announced (replies too, as in GA); the cut reply ends incomplete
+    added = [e["item"]["role"] for e in events.of("conversation.item.added")]
+    assert added == ["user", "assistant"] * 3
+    done = {e["item"]["id"]: e["item"] for e in events.of("conversation.item.done")}
+    assert done[truncated["item_id"]]["status"] == "incomplete"
 
 
 async def test_images_reach_the_model_as_content_parts(
@@ -269,20 +274,20 @@ async def test_a_spoken_turn_goes_to_the_llm(client: httpx.AsyncClient, fake: Fa
     assert wer(sentence, user["content"]) <= 0.2
 
 
-async def test_more_response_creates_than_the_queue_holds_are_refused_whole(
+async def test_a_second_response_create_is_refused_whole_while_one_is_active(
     client: httpx.AsyncClient, fake: FakeLlm, llm_server: Running
 ) -> None:
-    """A 429 with Retry-After, and nothing in the refused list applied: the next reply
-    sees only what came after it."""
+    """One response at a time, as in OpenAI Realtime: a 409 naming the client event in the
+    error event, and nothing in the refused list applied (the next reply sees only what
+    came after it)."""
     s = await create_session(client, responder="llm", turn_detection=None)
-    too_many = [CREATE] * (llm_server.config.turn_queue + 1)
+    twice = [{**CREATE, "event_id": "evt_a"}, {**CREATE, "event_id": "evt_b"}]
     r = await client.post(
-        f"/api/sessions/{s.id}/events", headers=s.auth, json=[say("Refused?"), *too_many]
+        f"/api/sessions/{s.id}/events", headers=s.auth, json=[say("Refused?"), *twice]
     )
-    assert r.status_code == 429, r.text
-    assert r.json()["error"]["code"] == "too_many_responses"
-    assert r.json()["error"]["type"] == "rate_limit_error"
-    assert int(r.headers["retry-after"]) >= 1
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "conversation_already_has_active_response"
+    assert r.json()["error"]["event_id"] == "evt_a"
     events = Events()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(events.run, client, s)

@@ -261,7 +261,7 @@ def sync_talk(url: str, relay: Relay, cut_after_s: float) -> dict[str, Any]:
         def follow() -> None:
             for event in event_stream:
                 events.append(event)
-                if event.type == "conversation.item.created":
+                if event.type == "conversation.item.added":
                     return
 
         readers = [threading.Thread(target=listen), threading.Thread(target=follow)]
@@ -306,7 +306,7 @@ async def test_the_sync_client_resumes_events_and_audio_across_a_cut(
     events: list[Event] = out["events"]
     ids = [e.id for e in events if e.id is not None]
     assert ids == list(range(1, len(ids) + 1)), ids  # contiguous, no duplicates
-    assert any(e.type == "conversation.item.created" for e in events), events
+    assert any(e.type == "conversation.item.added" for e in events), events
     streams = {n["stream"] for n in out["notices"] if n.type == "client.reconnected"}
     assert {"events", "audio"} <= streams, out["notices"]
     # The audio timeline is contiguous across the cut: resumed, no gap, no repeat.

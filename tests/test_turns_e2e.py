@@ -117,7 +117,7 @@ async def test_a_backchannel_during_the_reply_pauses_it_and_it_resumes_whole(
 
     s = await create_session(client)
     stream_ready = trio.Event()
-    events, stream = Events(), Stream()
+    events, stream = Events(extensions=True), Stream()
     silence = np.zeros(320, np.int16).tobytes()
 
     async def body() -> AsyncIterator[bytes]:
@@ -146,8 +146,8 @@ async def test_a_backchannel_during_the_reply_pauses_it_and_it_resumes_whole(
         nursery.cancel_scope.cancel()
 
     types = events.types()
-    assert "output_audio_buffer.paused" in types, types
-    resumed = events.of("output_audio_buffer.resumed")
+    assert "voxwire.output_audio_buffer.paused" in types, types
+    resumed = events.of("voxwire.output_audio_buffer.resumed")
     assert resumed, types
     assert resumed[0]["reason"] in ("backchannel", "too_short", "no_words"), types
     done = events.of("response.done")

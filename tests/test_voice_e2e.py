@@ -109,8 +109,8 @@ async def test_a_spoken_sentence_is_transcribed_and_spoken_back(
             "input_audio_buffer.committed",
             "conversation.item.input_audio_transcription.completed",
             "response.created",
-            "response.audio_transcript.delta",
-            "response.audio.done",
+            "response.output_audio_transcript.delta",
+            "response.output_audio.done",
             "response.done",
         ],
     ), types
@@ -140,7 +140,7 @@ async def test_a_spoken_sentence_is_transcribed_and_spoken_back(
         ), types
     # the reply: the echo's text, then its audio on the stream, which says the same
     assert done["response"]["status"] == "completed"
-    said = "".join(d["delta"] for d in events.of("response.audio_transcript.delta"))
+    said = "".join(d["delta"] for d in events.of("response.output_audio_transcript.delta"))
     assert said == completed["transcript"]
     spans = reply_spans(stream.samples, 24000)
     assert len(spans) == 1
@@ -287,10 +287,10 @@ class FailingTts:
         self._real = real
         self.sample_rate = real.sample_rate
 
-    def synthesize(self, text: str) -> np.ndarray:
+    def synthesize(self, text: str, speed: float = 1.0) -> np.ndarray:
         if "kitchen" in text.lower():
             raise ModelError("tts", "injected failure")
-        result: np.ndarray = self._real.synthesize(text)
+        result: np.ndarray = self._real.synthesize(text, speed)
         return result
 
 

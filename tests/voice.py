@@ -12,6 +12,7 @@ import trio
 from httpx_sse import aconnect_sse
 
 from audio import WAV_HEADER_BYTES
+from tests.realtime_schema import check_event
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -46,17 +47,29 @@ def voiced_bounds(samples: np.ndarray, threshold: int = 500) -> tuple[int, int]:
 
 @dataclass
 class Events:
-    """Records a session's SSE events with their arrival (trio) times."""
+    """Records a session's SSE events with their arrival (trio) times.
+
+    Every event is checked against the ``openai`` SDK's models as it arrives (GA, or beta
+    with ``beta=True``, which also sends ``OpenAI-Beta: realtime=v1``): an invalid one
+    fails the test. ``extensions`` asks for voxwire's own events too.
+    """
 
     got: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    beta: bool = False
+    extensions: bool = False
     _changed: trio.Event = field(default_factory=trio.Event)
 
     async def run(self, client: httpx.AsyncClient, s: SessionHandle) -> None:
         url = f"/api/sessions/{s.id}/events"
-        async with aconnect_sse(client, "GET", url, headers=s.auth) as source:
+        if self.extensions:
+            url += "?voxwire_events=true"
+        headers = s.auth | ({"OpenAI-Beta": "realtime=v1"} if self.beta else {})
+        async with aconnect_sse(client, "GET", url, headers=headers) as source:
             async for sse in source.aiter_sse():
                 if sse.data:
-                    self.got.append((trio.current_time(), json.loads(sse.data)))
+                    payload = json.loads(sse.data)
+                    check_event(payload, beta=self.beta)
+                    self.got.append((trio.current_time(), payload))
                     self._changed.set()
                     self._changed = trio.Event()
 

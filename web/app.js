@@ -360,7 +360,7 @@ class Conversation {
         this.replyLine(ev.response.id);
         setState("assistant-speaking");
         break;
-      case "response.audio_transcript.delta":
+      case "response.output_audio_transcript.delta":
         this.replyLine(ev.response_id).querySelector(".text").textContent += ev.delta;
         break;
       case "response.done":

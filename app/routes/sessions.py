@@ -9,6 +9,7 @@ from quart import Blueprint, Response, jsonify, request
 
 from app._config import validate_session_config
 from app._errors import ApiError
+from app._realtime import BETA_HEADER, wants_beta
 from app.routes._common import (
     authorised_session,
     json_body,
@@ -65,6 +66,7 @@ async def create_session() -> tuple[Response, int]:
     base = validate_session_config({"responder": server_config().default_responder})
     config = validate_session_config(data, base)
     session = await registry().create(config, proxy_session_id())
+    session.beta = wants_beta(request.headers.get(BETA_HEADER))
     body: dict[str, Any] = {
         "id": session.id,
         "token": session.token,
@@ -99,6 +101,29 @@ async def update_session(session_id: str) -> Response:
         data = await json_body(allow_empty=False)
         session.update_config(data)
         return jsonify(session.describe())
+
+
+@bp.get("/api/sessions/<session_id>/conversation")
+async def get_conversation(session_id: str) -> Response:
+    """The conversation's items, and the chat messages the LLM gets for the next reply."""
+    session = authorised_session(session_id)
+    with session.request():
+        conversation = session.pipeline.conversation
+        items = []
+        for item in conversation.items:
+            view = item.describe()
+            if item.truncated_ms is not None:  # voxwire: a reply cut by barge-in or the client
+                view["truncated"] = True
+                view["audio_end_ms"] = item.truncated_ms
+            items.append(view)
+        return jsonify(
+            {
+                "object": "realtime.conversation",
+                "items": items,
+                "max_items": conversation.max_items,
+                "messages": conversation.messages(session.config.instructions),
+            }
+        )
 
 
 @bp.delete("/api/sessions/<session_id>")

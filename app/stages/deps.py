@@ -37,17 +37,32 @@ class Deps:
     take_frame: Callable[[], str | None]
     on_turn: Callable[[], None]
 
-    def add_item(self, item: Item) -> None:
-        """Add to the conversation; emits ``conversation.item.created``."""
-        self.conversation.add(item)
-        self.events.emit("conversation.item.created", item=item.describe())
+    def add_item(self, item: Item, previous_item_id: str | None = None) -> None:
+        """Add a whole item to the conversation (after ``previous_item_id``, or at the
+        end); emits ``conversation.item.added`` and ``conversation.item.done``.
 
-    def error(self, code: str, message: str, *, error_type: str = "server_error") -> dict[str, Any]:
-        """Emit an ``error`` event; return its error object."""
+        Raises:
+            KeyError: ``previous_item_id`` is not in the conversation.
+        """
+        previous = self.conversation.add(item, previous_item_id)
+        self.events.emit("conversation.item.added", item=item.describe(), previous_item_id=previous)
+        self.events.emit("conversation.item.done", item=item.describe(), previous_item_id=previous)
+
+    def error(
+        self,
+        code: str,
+        message: str,
+        *,
+        error_type: str = "server_error",
+        event_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Emit an ``error`` event (naming the client event that caused it, if one did);
+        return its error object."""
         status = 400 if error_type == "invalid_request_error" else 500
-        error = ApiError(status, code, message, error_type=error_type).error_object()
-        self.events.emit("error", error=error)
-        return error
+        error = ApiError(status, code, message, error_type=error_type, event_id=event_id)
+        obj = error.error_object()
+        self.events.emit("error", error=obj)
+        return obj
 
     def model_error(self, model: str, exc: ModelError) -> dict[str, Any]:
         log.warning("model error (%s): %s", model, exc)

@@ -100,8 +100,9 @@ class _Final:
     """A committed turn on its way to its final transcript (results arrive in order)."""
 
     turn: int
-    item_id: str
+    item: Item  # in the conversation from the commit on, its transcript to come
     end_sample: int
+    audio_s: float
     speech_end_at: float
     stopped_at: float
     interrupting: bool
@@ -597,10 +598,12 @@ class _Listener:
         if self._item_id is None:  # push-to-talk: the turn shows itself at the commit
             self._item_id = new_item_id()
         now = trio.current_time()
+        item = Item(self._item_id, "user", audio=True, status="in_progress")
         final = _Final(
             event.turn,
-            self._item_id,
+            item,
             event.end_sample,
+            max(0, event.end_sample - self._machine.turn_start) / PIPELINE_RATE,
             speech_end_at=self._arrived(event.end_sample) if event.speech_ended else now,
             stopped_at=now,
             interrupting=event.interrupting,
@@ -608,14 +611,14 @@ class _Listener:
         if event.reason != "commit" or self._machine.settings.mode is not None:
             deps.events.emit(
                 "input_audio_buffer.speech_stopped",
-                item_id=final.item_id,
+                item_id=item.id,
                 audio_end_ms=event.audio_end_ms,
                 # voxwire: what ended the turn (silence, semantic, commit, max_length)
                 reason=event.reason,
             )
-        deps.events.emit(
-            "input_audio_buffer.committed", item_id=final.item_id, previous_item_id=None
-        )
+        previous = deps.conversation.add(item)
+        deps.events.emit("input_audio_buffer.committed", item_id=item.id, previous_item_id=previous)
+        deps.events.emit("conversation.item.added", item=item.describe(), previous_item_id=previous)
         deps.metrics.turns.inc()
         deps.on_turn()
         spec = self._spec.get(event.end_sample)
@@ -642,6 +645,11 @@ class _Listener:
         self._finals.append(final)
         await self._flush_finals()
 
+    def _drop_item(self, item: Item) -> None:
+        """A committed turn that holds no words (or was not a turn) leaves the history."""
+        if self._deps.conversation.delete(item.id):
+            self._deps.events.emit("conversation.item.deleted", item_id=item.id)
+
     async def _flush_finals(self) -> None:
         """Finish committed turns in order: announce each transcript as soon as it is in,
         hand the turn to the responder once its first clause is (or will not be) spoken."""
@@ -657,10 +665,11 @@ class _Listener:
                     deps.metrics.responses.labels("failed").inc()
                     deps.events.emit(
                         "conversation.item.input_audio_transcription.failed",
-                        item_id=final.item_id,
+                        item_id=final.item.id,
                         content_index=0,
                         error=deps.model_error("stt", exc),
                     )
+                    self._drop_item(final.item)
                     if final.interrupting:
                         await self._carry_out(self._machine.final(final.turn, Words()))
                     continue
@@ -671,21 +680,26 @@ class _Listener:
                 )
                 deps.events.emit(
                     "conversation.item.input_audio_transcription.completed",
-                    item_id=final.item_id,
+                    item_id=final.item.id,
                     content_index=0,
                     transcript=final.text,
+                    usage={"type": "duration", "seconds": round(final.audio_s, 3)},
                 )
                 if final.interrupting:
                     decided = self._machine.final(final.turn, words_of(final.text))
                     await self._carry_out(decided)
                     if any(isinstance(e, TurnDiscarded) for e in decided):
                         self._finals.popleft()
+                        self._drop_item(final.item)
                         continue  # not a turn: the reply plays on
                 if not final.text:
                     self._finals.popleft()
+                    self._drop_item(final.item)
                     continue
                 frame = deps.take_frame()
-                deps.add_item(Item(final.item_id, "user", final.text, [frame] if frame else []))
+                final.item.text, final.item.status = final.text, "completed"
+                final.item.images = [frame] if frame else []
+                deps.events.emit("conversation.item.done", item=final.item.describe())
             assert final.text is not None
             first = first_clause(final.text)
             ready = [c for c in (final.early, final.prefetched) if c and same_words(c[0], first)]
@@ -706,7 +720,7 @@ class _Listener:
             prefetched = (first, ready[0][1]) if ready else None
             await self._turns.send(
                 UserTurn(
-                    final.item_id,
+                    final.item.id,
                     final.text,
                     final.speech_end_at,
                     final.stopped_at,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from app._conversation import Item
 
 PIPELINE_RATE = 16000  # VAD and STT run at 16 kHz
 FRAME_SAMPLES = 512  # one Silero VAD frame (32 ms)
@@ -47,6 +50,23 @@ class Scored:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseSpec:
+    """What a ``response.create`` asked for; ``None`` fields take the session's config."""
+
+    instructions: str | None = None
+    modalities: tuple[str, ...] | None = None
+    # "none": out of band, the output is not added to the conversation
+    conversation: Literal["auto", "none"] = "auto"
+    input: tuple[Item, ...] | None = None  # the context instead of the conversation
+    metadata: dict[str, str] | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    event_id: str | None = None  # the client event, named in error events
+
+
+@dataclass(frozen=True, slots=True)
 class UserTurn:
     """A committed, transcribed user turn (or a ``response.create``), for the responder."""
 
@@ -56,4 +76,4 @@ class UserTurn:
     stopped_at: float
     transcript_at: float
     prefetched: tuple[str, Int16] | None = None  # (first clause, its speech) for echo
-    instructions: str | None = None  # response.create's per-response instructions
+    spec: ResponseSpec | None = None  # response.create's parameters

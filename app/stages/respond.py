@@ -8,6 +8,7 @@ playout, and :meth:`Responses.resume` carries on where it stopped.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,13 +17,15 @@ import numpy as np
 import trio
 
 from app._conversation import Item, spoken_prefix
+from app._realtime import chat_tool_choice, chat_tools
 from app._scheduler import Priority
-from app.stages.messages import UserTurn, new_id
+from app.stages.messages import ResponseSpec, UserTurn, new_id
 from audio import StreamResampler
-from models import ModelError, ResponseRequest
+from models import ModelError, ResponseRequest, ToolCallDelta, Usage
 from models.sentences import ClauseCutter
 
 if TYPE_CHECKING:
+    from app._config import SessionConfig
     from app.stages.deps import Deps
 
 
@@ -57,16 +60,165 @@ class ResponseStats:
 @dataclass(slots=True)
 class _Response:
     id: str
-    item_id: str
     turn: UserTurn
+    spec: ResponseSpec
+    modalities: tuple[str, ...]
+    in_conversation: bool  # conversation "none": out of band, the items are not kept
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     text: str = ""
+    message: Item | None = None  # the assistant message, once the first text came
+    calls: dict[int, Item] = field(default_factory=dict)  # by the responder's call index
+    output: list[Item] = field(default_factory=list)  # output items in order
+    usage: Usage | None = None
+    error: dict[str, Any] | None = None  # a failure that did not end the stream
     first_token_at: float | None = None
     first_audio_queued_at: float | None = None
     truncated_ms: int | None = None
     cancel_reason: str | None = None
     spoken: list[tuple[str, int]] = field(default_factory=list)  # (piece, out samples)
     queued: int = 0  # samples handed to playout
+
+    @property
+    def speaks(self) -> bool:
+        return "audio" in self.modalities
+
+
+class _Output:
+    """One response's output as the responder produces it (a :class:`ResponseSink`):
+    output items and their events, and the pieces of text to speak."""
+
+    def __init__(
+        self, deps: Deps, response: _Response, pieces: trio.MemorySendChannel[str] | None
+    ) -> None:
+        self._deps = deps
+        self._r = response
+        self._pieces = pieces
+        self._cutter = cutter()
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        self._deps.events.emit(kind, response_id=self._r.id, **fields)
+
+    def _first_token(self) -> None:
+        if self._r.first_token_at is None:
+            self._r.first_token_at = trio.current_time()
+
+    def added(self, item: Item) -> None:
+        r = self._r
+        r.output.append(item)
+        self._emit(
+            "response.output_item.added", output_index=len(r.output) - 1, item=item.describe()
+        )
+        if r.in_conversation:
+            previous = self._deps.conversation.add(item)
+            self._deps.events.emit(
+                "conversation.item.added", item=item.describe(), previous_item_id=previous
+            )
+
+    def done(self, item: Item) -> None:
+        r = self._r
+        self._emit(
+            "response.output_item.done", output_index=r.output.index(item), item=item.describe()
+        )
+        if r.in_conversation and self._deps.conversation.get(item.id) is item:
+            self._deps.events.emit("conversation.item.done", item=item.describe())
+
+    def part(self, text: str) -> dict[str, Any]:
+        if self._r.speaks:
+            return {"type": "audio", "transcript": text}
+        return {"type": "text", "text": text}
+
+    async def text(self, delta: str) -> None:
+        if not delta:
+            return
+        r = self._r
+        self._first_token()
+        if r.message is None:
+            r.message = Item(new_id("item_"), "assistant", audio=r.speaks, status="in_progress")
+            self.added(r.message)
+            self._emit(
+                "response.content_part.added",
+                item_id=r.message.id,
+                output_index=r.output.index(r.message),
+                content_index=0,
+                part=self.part(""),
+            )
+        r.text += delta
+        r.message.text = r.text
+        kind = "output_audio_transcript" if r.speaks else "output_text"
+        self._emit(
+            f"response.{kind}.delta",
+            item_id=r.message.id,
+            output_index=r.output.index(r.message),
+            content_index=0,
+            delta=delta,
+        )
+        if r.speaks and self._pieces is not None:
+            for piece in self._cutter.feed(delta):
+                await self._pieces.send(piece)
+
+    async def tool_call(self, delta: ToolCallDelta) -> None:
+        r = self._r
+        self._first_token()
+        item = r.calls.get(delta.index)
+        if item is None:
+            if not delta.name:
+                raise ModelError("llm", f"tool call {delta.index} began without a name")
+            item = Item(
+                new_id("item_"),
+                "assistant",
+                type="function_call",
+                status="in_progress",
+                call_id=delta.call_id or new_id("call_"),
+                name=delta.name,
+            )
+            r.calls[delta.index] = item
+            self.added(item)
+        if delta.arguments:
+            item.arguments += delta.arguments
+            self._emit(
+                "response.function_call_arguments.delta",
+                item_id=item.id,
+                output_index=r.output.index(item),
+                call_id=item.call_id,
+                delta=delta.arguments,
+            )
+        await trio.lowlevel.checkpoint()
+
+    def usage(self, usage: Usage) -> None:
+        self._r.usage = usage
+
+    async def finish(self) -> None:
+        """The responder is done: speak the rest, and close each call (a call whose
+        arguments are not a JSON object is an error event, and is not kept)."""
+        r = self._r
+        if r.speaks and self._pieces is not None:
+            for piece in self._cutter.flush():
+                await self._pieces.send(piece)
+        for item in r.calls.values():
+            try:
+                arguments = json.loads(item.arguments or "{}")
+            except ValueError:
+                arguments = None
+            if not isinstance(arguments, dict):
+                item.status = "incomplete"
+                error = self._deps.error(
+                    "invalid_function_call_arguments",
+                    f"the model's arguments for {item.name} are not a JSON object: "
+                    f"{item.arguments[:200]!r}",
+                )
+                r.error = r.error or error
+                self.done(item)
+                continue
+            item.status = "completed"
+            self._emit(
+                "response.function_call_arguments.done",
+                item_id=item.id,
+                output_index=r.output.index(item),
+                call_id=item.call_id,
+                name=item.name,
+                arguments=item.arguments,
+            )
+            self.done(item)
 
 
 class Responses:
@@ -88,24 +240,37 @@ class Responses:
 
     # -- controls ---------------------------------------------------------------------
 
-    def room(self) -> int:
-        """How many more ``response.create`` requests the queue takes now."""
+    def busy(self) -> bool:
+        """A response is in progress or about to start (a turn is queued for one)."""
+        if self._current is not None:
+            return True
         if self._requests is None:
-            return 0
-        stats = self._requests.statistics()
-        return int(stats.max_buffer_size - stats.current_buffer_used)
+            return False
+        return bool(self._requests.statistics().current_buffer_used)
 
-    def request(self, instructions: str | None) -> None:
-        """``response.create``: a reply to the conversation as it stands.
+    def ready(self) -> bool:
+        return self._requests is not None
+
+    def request(self, spec: ResponseSpec) -> None:
+        """``response.create``: a reply to the conversation as it stands (or to
+        ``spec.input``).
 
         Raises:
-            trio.WouldBlock: too many responses are queued already (or none can be yet).
+            trio.WouldBlock: the pipeline cannot take it now.
         """
         if self._requests is None:
             raise trio.WouldBlock
         now = trio.current_time()
-        text = self._deps.conversation.last_user_text()
-        self._requests.send_nowait(UserTurn("", text, now, now, now, None, instructions))
+        items = self._deps.conversation.items if spec.input is None else list(spec.input)
+        text = next(
+            (
+                i.text
+                for i in reversed(items)
+                if i.type == "message" and i.role == "user" and i.text
+            ),
+            "",
+        )
+        self._requests.send_nowait(UserTurn("", text, now, now, now, None, spec))
 
     def pause(self) -> None:
         """Speech during the reply: the stream goes silent now, the reply is kept."""
@@ -115,8 +280,12 @@ class Responses:
         self._paused = True
         log.debug("reply %s paused", r.id)
         self._deps.playout.pause()
+        item_id = None if r.message is None else r.message.id
         self._deps.events.emit(
-            "output_audio_buffer.paused", response_id=r.id, item_id=r.item_id, reason="speech"
+            "voxwire.output_audio_buffer.paused",
+            response_id=r.id,
+            item_id=item_id,
+            reason="speech",
         )
 
     def resume(self, reason: str) -> None:
@@ -129,8 +298,12 @@ class Responses:
         log.debug("reply resumed: %s", reason)
         if r is not None:
             self._deps.metrics.false_interruptions.inc()
+            item_id = None if r.message is None else r.message.id
             self._deps.events.emit(
-                "output_audio_buffer.resumed", response_id=r.id, item_id=r.item_id, reason=reason
+                "voxwire.output_audio_buffer.resumed",
+                response_id=r.id,
+                item_id=item_id,
+                reason=reason,
             )
 
     def _unpause(self) -> None:
@@ -154,9 +327,16 @@ class Responses:
         r.cancel_reason = reason
         playout.flush()
         r.scope.cancel()
+        if r.queued:
+            self._deps.events.emit("output_audio_buffer.cleared", response_id=r.id)
         if reason == "turn_detected":
             self._deps.metrics.barge_ins.inc()
         return True
+
+    def current_item(self) -> str | None:
+        """The id of the message the current response is speaking, if any."""
+        r = self._current
+        return None if r is None or r.message is None else r.message.id
 
     # -- the task ---------------------------------------------------------------------
 
@@ -184,16 +364,35 @@ class Responses:
                     continue
                 await self._respond(turn)
 
+    def _request(self, response: _Response, config: SessionConfig) -> ResponseRequest:
+        spec = response.spec
+        instructions = config.instructions if spec.instructions is None else spec.instructions
+        extra = None if spec.input is None else list(spec.input)
+        tools = config.tools if spec.tools is None else spec.tools
+        choice = config.tool_choice if spec.tool_choice is None else spec.tool_choice
+        return ResponseRequest(
+            transcript=response.turn.transcript,
+            messages=self._deps.conversation.messages(instructions, extra),
+            temperature=config.temperature if spec.temperature is None else spec.temperature,
+            max_output_tokens=spec.max_output_tokens or config.max_response_output_tokens,
+            tools=chat_tools(tools),
+            tool_choice=chat_tool_choice(choice) if tools else None,
+        )
+
     async def _respond(self, turn: UserTurn) -> None:
         deps = self._deps
-        response = _Response(new_id("resp_"), new_id("item_"), turn)
         config = deps.config()
+        spec = turn.spec or ResponseSpec()
+        response = _Response(
+            new_id("resp_"),
+            turn,
+            spec,
+            spec.modalities or config.modalities,
+            spec.conversation != "none",
+        )
         deps.playout.mark()
         self._current = response
-        deps.events.emit(
-            "response.created",
-            response={"id": response.id, "object": "realtime.response", "status": "in_progress"},
-        )
+        deps.events.emit("response.created", response=self._describe(response, "in_progress"))
         status = "completed"
         error: dict[str, Any] | None = None
         try:
@@ -201,22 +400,17 @@ class Responses:
                 try:
                     async with trio.open_nursery() as nursery:
                         send, recv = trio.open_memory_channel[str](deps.server.sentence_queue)
-                        instructions = config.instructions
-                        if turn.instructions is not None:
-                            instructions = turn.instructions
-                        request = ResponseRequest(
-                            transcript=turn.transcript,
-                            messages=deps.conversation.messages(instructions),
-                            temperature=config.temperature,
-                            max_output_tokens=config.max_response_output_tokens,
-                        )
-                        nursery.start_soon(self._produce_text, response, request, send)
-                        nursery.start_soon(self._speak, response, recv, config.output_sample_rate)
+                        output = _Output(deps, response, send)
+                        request = self._request(response, config)
+                        nursery.start_soon(self._produce, request, output, send)
+                        nursery.start_soon(self._speak, response, recv, config)
                 except* ModelError as group:
                     status = "failed"
                     exc = group.exceptions[0]
                     assert isinstance(exc, ModelError)
                     error = deps.model_error(exc.model, exc)
+                if response.error is not None and error is None:
+                    status, error = "failed", response.error
                 # Completed (or failed part-way): the response lasts until its audio played.
                 await deps.playout.drained()
         finally:
@@ -226,42 +420,22 @@ class Responses:
             status = "cancelled"
         self._finish(response, status, error)
 
-    async def _produce_text(
-        self, response: _Response, request: ResponseRequest, pieces: trio.MemorySendChannel[str]
+    async def _produce(
+        self, request: ResponseRequest, output: _Output, pieces: trio.MemorySendChannel[str]
     ) -> None:
-        pieces_of = cutter()
-
-        async def emit(delta: str) -> None:
-            if not delta:
-                return
-            if response.first_token_at is None:
-                response.first_token_at = trio.current_time()
-            response.text += delta
-            self._deps.events.emit(
-                "response.audio_transcript.delta",
-                response_id=response.id,
-                item_id=response.item_id,
-                output_index=0,
-                content_index=0,
-                delta=delta,
-            )
-            for piece in pieces_of.feed(delta):
-                await pieces.send(piece)
-
         async with pieces:
             responder = self._deps.responders(self._deps.config().responder)
-            await responder.respond(request, emit)
-            for piece in pieces_of.flush():
-                await pieces.send(piece)
+            await responder.respond(request, output)
+            await output.finish()
 
     async def _speak(
-        self, response: _Response, pieces: trio.MemoryReceiveChannel[str], rate: int
+        self, response: _Response, pieces: trio.MemoryReceiveChannel[str], config: SessionConfig
     ) -> None:
         deps = self._deps
         tts = deps.hub.models.tts
         # One resampler for the whole response: joins between pieces stay continuous.
-        resampler = StreamResampler(tts.sample_rate, rate)
-        prefetched = response.turn.prefetched
+        resampler = StreamResampler(tts.sample_rate, config.output_sample_rate)
+        prefetched = response.turn.prefetched if config.speed == 1.0 else None
         async with pieces:
             async for piece in pieces:
                 if prefetched is not None and prefetched[0] == piece:
@@ -270,11 +444,12 @@ class Responses:
                     # the first piece is the reply's latency; later ones have its length
                     first = not response.spoken
                     priority = Priority.FIRST if first else Priority.REPLY
-                    pcm = await deps.hub.infer("tts", priority, tts.synthesize, piece)
+                    pcm = await deps.hub.infer("tts", priority, tts.synthesize, piece, config.speed)
                 prefetched = None
                 out = resampler.feed(pcm)
                 if len(out) and response.first_audio_queued_at is None:
                     response.first_audio_queued_at = trio.current_time()
+                    deps.events.emit("output_audio_buffer.started", response_id=response.id)
                 await deps.playout.put(out)
                 response.queued += len(out)
                 response.spoken.append((piece, len(out)))
@@ -282,6 +457,30 @@ class Responses:
         if len(tail):
             await deps.playout.put(tail)
             response.queued += len(tail)
+
+    def _describe(self, response: _Response, status: str) -> dict[str, Any]:
+        """The GA response object (``response.created``/``done``)."""
+        spec = response.spec
+        usage = response.usage
+        body: dict[str, Any] = {
+            "id": response.id,
+            "object": "realtime.response",
+            "status": status,
+            "status_details": None,
+            "output": [item.describe() for item in response.output],
+            "output_modalities": list(response.modalities),
+            "metadata": spec.metadata,
+            "usage": None
+            if usage is None
+            else {
+                "total_tokens": usage.total_tokens,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+            },
+        }
+        if not response.in_conversation:
+            body["conversation_id"] = None
+        return body
 
     def _finish(self, response: _Response, status: str, error: dict[str, Any] | None) -> None:
         deps = self._deps
@@ -307,49 +506,66 @@ class Responses:
             if t is not None:
                 deps.metrics.turn_latency.labels(stage).observe(t - turn.speech_end_at)
         deps.metrics.responses.labels(status).inc()
-        # The history keeps what the listener heard: all of a completed reply, the played
-        # part of a cut one, so the next turn's context matches the conversation.
-        heard = response.text
-        if status != "completed":
-            heard = spoken_prefix(response.spoken, playout.cursor_played)
-        if heard:
-            deps.conversation.add(Item(response.item_id, "assistant", heard))
-        ids = {"response_id": response.id, "item_id": response.item_id}
-        deps.events.emit(
-            "response.audio_transcript.done",
-            **ids,
-            output_index=0,
-            content_index=0,
-            transcript=response.text,
+        output = _Output(deps, response, None)
+        message = response.message
+        if message is not None:
+            # The history keeps what the listener heard: all of a completed reply, the
+            # played part of a cut one, so the next turn's context matches the conversation.
+            if status != "completed" and response.speaks:
+                message.text = spoken_prefix(response.spoken, playout.cursor_played)
+                if status == "cancelled":
+                    message.truncated_ms = response.truncated_ms or 0
+            message.status = "completed" if status == "completed" else "incomplete"
+            message.spoken = list(response.spoken)
+            message.audio_ms = 1000 * response.queued // playout.sample_rate
+            ids = {
+                "item_id": message.id,
+                "output_index": response.output.index(message),
+                "content_index": 0,
+            }
+            if response.speaks:
+                deps.events.emit("response.output_audio.done", response_id=response.id, **ids)
+                deps.events.emit(
+                    "response.output_audio_transcript.done",
+                    response_id=response.id,
+                    **ids,
+                    transcript=response.text,
+                )
+            else:
+                deps.events.emit(
+                    "response.output_text.done", response_id=response.id, **ids, text=response.text
+                )
+            deps.events.emit(
+                "response.content_part.done",
+                response_id=response.id,
+                **ids,
+                part=output.part(response.text),
+            )
+            output.done(message)
+        for call in response.calls.values():
+            if call.status == "in_progress":  # cut short: never run, never sent
+                call.status = "incomplete"
+                output.done(call)
+        body = self._describe(response, status)
+        body.update(
+            {
+                "audio_ms": played_ms,
+                # voxwire: the reply's audio as synthesized; a completed reply played it all
+                "audio_queued_ms": 1000 * response.queued // playout.sample_rate,
+                "latency": latency,
+            }
         )
-        deps.events.emit("response.audio.done", **ids, output_index=0, content_index=0)
-        body: dict[str, Any] = {
-            "id": response.id,
-            "object": "realtime.response",
-            "status": status,
-            "status_details": None,
-            "output": [
-                {
-                    "id": response.item_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "content": [{"type": "audio", "transcript": response.text}],
-                }
-            ],
-            "audio_ms": played_ms,
-            # voxwire: the reply's audio as synthesized; a completed reply played it all
-            "audio_queued_ms": 1000 * response.queued // playout.sample_rate,
-            "latency": latency,
-        }
         if status == "cancelled":
             body["status_details"] = {"type": "cancelled", "reason": response.cancel_reason}
         elif status == "failed":
             body["status_details"] = {"type": "failed", "error": error}
         deps.events.emit("response.done", response=body)
-        if status == "cancelled":
+        if response.queued and status != "cancelled":
+            deps.events.emit("output_audio_buffer.stopped", response_id=response.id)
+        if status == "cancelled" and message is not None and response.speaks:
             deps.events.emit(
                 "conversation.item.truncated",
-                item_id=response.item_id,
+                item_id=message.id,
                 content_index=0,
                 audio_end_ms=response.truncated_ms or 0,
             )

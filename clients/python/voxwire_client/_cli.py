@@ -115,7 +115,7 @@ class Printer:
         if kind == "conversation.item.input_audio_transcription.completed":
             self.end_line()
             self.out.write(f"you: {event.get('transcript', '')}\n")
-        elif kind == "response.audio_transcript.delta":
+        elif kind == "response.output_audio_transcript.delta":
             if not self._assistant_line:
                 self.out.write("assistant: ")
                 self._assistant_line = True
