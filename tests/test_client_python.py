@@ -6,6 +6,7 @@ Real models, real Piper speech, real HTTP on loopback; the CLI runs as a subproc
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import socket
 import sys
@@ -17,6 +18,7 @@ import pytest
 import trio
 from voxwire_client import Client, Event, VoxwireClient, VoxwireError
 from voxwire_client._audio import WavFile
+from voxwire_client._cli import Printer
 
 from audio import StreamResampler
 from tests.conftest import tone
@@ -136,6 +138,75 @@ async def test_async_client_talks_in_real_time(server: Running) -> None:
     assert 0.5 * len(speech) / 16 <= reply_ms <= 3 * len(speech) / 16  # plausible for the text
 
 
+async def test_async_client_one_response_at_a_time_and_text_replies(server: Running) -> None:
+    """response.create while a reply is active: 409 conversation_already_has_active_response
+    naming the refused event; a text-only reply comes as response.output_text.*."""
+    events: list[Event] = []
+    async with (
+        VoxwireClient(server.url) as client,
+        client.session(responder="echo") as s,
+        s.events() as event_stream,
+        trio.open_nursery() as nursery,
+    ):
+        done = trio.Condition()
+
+        async def follow() -> None:
+            async for event in event_stream:
+                events.append(event)
+                if event.type == "response.done":
+                    async with done:
+                        done.notify_all()
+
+        async def replies(n: int) -> None:
+            async with done:
+                while sum(e.type == "response.done" for e in events) < n:
+                    await done.wait()
+
+        nursery.start_soon(follow)
+        await s.add_text(SENTENCE)
+        await s.create_response()  # spoken: active until its audio has played out
+        with pytest.raises(VoxwireError) as busy:
+            await s.send({"type": "response.create", "event_id": "evt_again"})
+        with trio.fail_after(20):
+            await replies(1)
+        await s.create_response(output_modalities=["text"])
+        with trio.fail_after(20):
+            await replies(2)
+        nursery.cancel_scope.cancel()
+
+    error = busy.value
+    assert (error.status, error.code) == (409, "conversation_already_has_active_response")
+    assert error.event_id == "evt_again"
+    assert "(event evt_again)" in str(error)
+    (refused,) = [e for e in events if e.type == "error"]
+    assert refused["error"]["event_id"] == "evt_again"
+    assert refused["error"]["code"] == "conversation_already_has_active_response"
+
+    spoken, text = [e["response"] for e in events if e.type == "response.done"]
+    assert spoken["status"] == text["status"] == "completed"
+    assert spoken["output_modalities"] == ["audio"]
+    assert text["output_modalities"] == ["text"]
+
+    def of(kind: str, response: dict[str, Any]) -> list[Event]:
+        return [e for e in events if e.type == kind and e.get("response_id") == response["id"]]
+
+    said = "".join(e["delta"] for e in of("response.output_audio_transcript.delta", spoken))
+    assert said == SENTENCE  # the echo
+    (transcript,) = of("response.output_audio_transcript.done", spoken)
+    assert transcript["transcript"] == SENTENCE
+    assert of("output_audio_buffer.started", spoken)
+    assert of("output_audio_buffer.stopped", spoken)
+    written = "".join(e["delta"] for e in of("response.output_text.delta", text))
+    (text_done,) = of("response.output_text.done", text)
+    assert written == text_done["text"] == SENTENCE
+    assert not of("output_audio_buffer.started", text)
+    assert not of("response.output_audio.done", text)
+    # GA names only: this client never asks for the beta vocabulary
+    types = {e.type for e in events}
+    assert not types & {"response.audio_transcript.delta", "conversation.item.created"}
+    assert "conversation.item.added" in types
+
+
 # -- the sync client ---------------------------------------------------------------------
 
 
@@ -248,6 +319,39 @@ async def test_cli_talk_prints_the_conversation_and_saves_the_reply(
     assert a / 24000 > spoken_end / 16000 + 0.4  # after the turn's closing silence window
     assert np.abs(samples[a:b].astype(np.int32)).max() > 3000
     assert 0.5 * len(speech) / 16000 <= (b - a) / 24000 <= 3 * len(speech) / 16000
+
+
+def test_cli_printer_shows_text_replies_and_the_event_an_error_names() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    printer = Printer(out, err)
+    for data in (
+        {"type": "conversation.item.input_audio_transcription.completed", "transcript": "Hi."},
+        {"type": "response.output_text.delta", "delta": "Hello"},
+        {"type": "response.output_text.delta", "delta": " there."},
+        {"type": "response.done", "response": {"status": "completed"}},
+        {"type": "response.output_audio_transcript.delta", "delta": "Spoken"},
+        {"type": "response.done", "response": {"status": "cancelled"}},
+        {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "code": "conversation_already_has_active_response",
+                "message": "a response is already in progress",
+                "param": None,
+                "event_id": "evt_7",
+            },
+        },
+    ):
+        printer.show(Event(data["type"], data))
+    assert out.getvalue().splitlines() == [
+        "you: Hi.",
+        "assistant: Hello there.",
+        "assistant: Spoken [cancelled]",
+    ]
+    assert err.getvalue() == (
+        "voxwire: server error conversation_already_has_active_response: "
+        "a response is already in progress (event evt_7)\n"
+    )
 
 
 def _has_input_device() -> bool:

@@ -38,6 +38,7 @@ import h11
 import numpy as np
 import trio
 
+from app._errors import ApiError
 from audio import WAV_HEADER_BYTES, StreamResampler
 from tests.speech import synthesize
 from tests.voice import wer
@@ -229,10 +230,12 @@ def test_the_replay_matches_the_swift_sources() -> None:
     statuses = re.search(r"static let retryableStatuses: Set<Int> = \[([\d, ]+)\]", stream)
     assert statuses, "retryableStatuses"
     assert 404 not in {int(n) for n in statuses.group(1).split(",")}
-    # the error body the Swift decodes is the server's
+    # the error body the Swift decodes is the server's (event_id: the client event refused)
     errors = (SWIFT / "Errors.swift").read_text()
     inner = errors[errors.index("struct Inner") : errors.index("let error: Inner")]
-    assert set(re.findall(r"let (\w+): String\?", inner)) == {"type", "code", "message", "param"}
+    fields = set(re.findall(r"let (\w+): String\?", inner))
+    assert fields == set(ApiError(400, "c", "m").error_object())
+    assert fields == {"type", "code", "message", "param", "event_id"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -729,6 +732,7 @@ async def test_the_swift_clients_requests_replayed_against_the_server(
         nursery.start_soon(resumed.run, resumed_wire)
         error_event = await resumed.wait_for("error")
         assert error_event["error"]["code"] == "response_cancel_not_active"
+        assert error_event["error"]["event_id"] is None  # the cancel had no event_id
         assert resumed.got[0][1] == seen + 1, "resumed right after the last event seen"
 
         # close(): DELETE ends both streams cleanly
@@ -775,6 +779,10 @@ async def test_the_swift_clients_requests_replayed_against_the_server(
     assert wer(SENTENCE, completed[0]["transcript"]) <= 0.2, completed[0]["transcript"]
     (done,) = events.of("response.done")
     assert done["response"]["status"] == "completed"
+    # GA names, which VoxwireTalk prints: the echo's words in output_audio_transcript.done
+    (said,) = events.of("response.output_audio_transcript.done")
+    assert said["transcript"] == completed[0]["transcript"]
+    assert "response.audio_transcript.done" not in types
     # the reply: silence on the stream until the user stopped, then the spoken echo
     samples = stream.samples
     quiet_until = stream.received_by(events.time_of("input_audio_buffer.speech_stopped"))

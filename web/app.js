@@ -360,7 +360,9 @@ class Conversation {
         this.replyLine(ev.response.id);
         setState("assistant-speaking");
         break;
+      // The reply's words: spoken (the transcript of its audio) or text-only responses.
       case "response.output_audio_transcript.delta":
+      case "response.output_text.delta":
         this.replyLine(ev.response_id).querySelector(".text").textContent += ev.delta;
         break;
       case "response.done":

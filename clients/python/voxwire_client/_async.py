@@ -34,6 +34,7 @@ from voxwire_client._core import (
     chunk_bytes_for,
     create_call,
     error_from,
+    response_create_event,
     split_upload,
 )
 
@@ -312,12 +313,19 @@ class Session(SessionCore):
         """Stop the current reply as a barge-in does."""
         await self.send({"type": "response.cancel"})
 
-    async def create_response(self, instructions: str | None = None) -> None:
-        """Reply to the conversation as it stands (optionally with one-off instructions)."""
-        event: dict[str, Any] = {"type": "response.create"}
-        if instructions is not None:
-            event["response"] = {"instructions": instructions}
-        await self.send(event)
+    async def create_response(self, instructions: str | None = None, **response: Any) -> None:
+        """Reply to the conversation as it stands (optionally with one-off instructions).
+
+        ``response`` are more keys of the GA ``response`` object, e.g.
+        ``output_modalities=["text"]`` for a reply in text only
+        (``response.output_text.delta``/``done``, no audio) or ``conversation="none"``.
+
+        Raises:
+            VoxwireError: 409 ``conversation_already_has_active_response`` while a response
+                is in progress (one at a time: wait for its ``response.done``, or cancel
+                it); 503 while the server's models are loading.
+        """
+        await self.send(response_create_event(instructions, response))
 
     async def add_text(self, text: str, role: str = "user") -> None:
         """Add a text message to the conversation (it does not start a reply)."""
@@ -333,7 +341,8 @@ class Session(SessionCore):
         return self.config
 
     async def describe(self) -> dict[str, Any]:
-        """``GET /api/sessions/<id>``: state, config and stats."""
+        """``GET /api/sessions/<id>``: the GA session object (``output_modalities``,
+        ``audio``, ``tools``...) with voxwire's ``state``, ``stats`` and flat ``config``."""
         body: dict[str, Any] = await _request(self.http, self.info.describe_call())
         return body
 

@@ -115,7 +115,8 @@ class Printer:
         if kind == "conversation.item.input_audio_transcription.completed":
             self.end_line()
             self.out.write(f"you: {event.get('transcript', '')}\n")
-        elif kind == "response.output_audio_transcript.delta":
+        elif kind in ("response.output_audio_transcript.delta", "response.output_text.delta"):
+            # the reply's words: the transcript of its audio, or a text-only reply's text
             if not self._assistant_line:
                 self.out.write("assistant: ")
                 self._assistant_line = True
@@ -129,8 +130,9 @@ class Printer:
             error = event.get("error") or {}
             self.end_line()
             self.out.flush()
+            cause = f" (event {error['event_id']})" if error.get("event_id") else ""
             print(
-                f"voxwire: server error {error.get('code')}: {error.get('message')}",
+                f"voxwire: server error {error.get('code')}: {error.get('message')}{cause}",
                 file=self.err,
                 flush=True,
             )

@@ -63,6 +63,8 @@ class VoxwireError(Exception):
         message: The server's human-readable message.
         param: What the error is about (``"turn_detection.threshold"``), if the server said.
         retry_after: Seconds from the ``Retry-After`` header, if any.
+        event_id: The ``event_id`` of the client event that was refused, when it had one
+            (``POST .../events``).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class VoxwireError(Exception):
         param: str | None = None,
         *,
         retry_after: float | None = None,
+        event_id: str | None = None,
     ) -> None:
         super().__init__(status, code, message, param)
         self.status = status
@@ -80,10 +83,12 @@ class VoxwireError(Exception):
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self.event_id = event_id
 
     def __str__(self) -> str:
         where = f" (param {self.param})" if self.param else ""
-        return f"{self.status} {self.code}: {self.message}{where}"
+        event = f" (event {self.event_id})" if self.event_id else ""
+        return f"{self.status} {self.code}: {self.message}{where}{event}"
 
 
 # -- requests ----------------------------------------------------------------------------
@@ -188,6 +193,19 @@ class SessionInfo:
         return self.url("/events"), headers
 
 
+def response_create_event(instructions: str | None, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``response.create`` client event; ``fields`` are more keys of its GA ``response``
+    object (``output_modalities``, ``conversation``, ``input``, ``metadata``, ``tools``,
+    ``tool_choice``, ``max_output_tokens``)."""
+    response = dict(fields)
+    if instructions is not None:
+        response["instructions"] = instructions
+    event: dict[str, Any] = {"type": "response.create"}
+    if response:
+        event["response"] = response
+    return event
+
+
 # -- responses ---------------------------------------------------------------------------
 
 
@@ -213,6 +231,7 @@ def error_from(status: int, headers: httpx.Headers, content: bytes) -> VoxwireEr
             str(err.get("message", "")),
             err.get("param"),
             retry_after=retry,
+            event_id=err.get("event_id"),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         # Not ours (a proxy's HTML page, an empty body): keep the status and a snippet.

@@ -40,6 +40,7 @@ from voxwire_client._core import (
     chunk_bytes_for,
     create_call,
     error_from,
+    response_create_event,
     split_upload,
 )
 
@@ -220,11 +221,8 @@ class SyncSession(SessionCore):
     def cancel_response(self) -> None:
         self.send({"type": "response.cancel"})
 
-    def create_response(self, instructions: str | None = None) -> None:
-        event: dict[str, Any] = {"type": "response.create"}
-        if instructions is not None:
-            event["response"] = {"instructions": instructions}
-        self.send(event)
+    def create_response(self, instructions: str | None = None, **response: Any) -> None:
+        self.send(response_create_event(instructions, response))
 
     def add_text(self, text: str, role: str = "user") -> None:
         content_type = "output_text" if role == "assistant" else "input_text"

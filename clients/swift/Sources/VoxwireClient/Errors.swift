@@ -8,7 +8,8 @@ import Foundation
 ///
 /// ```json
 /// {"type": "error", "error": {"type": "invalid_request_error", "code": "sequence_gap",
-///                             "message": "expected X-Sequence 2, got 3", "param": "X-Sequence"}}
+///                             "message": "expected X-Sequence 2, got 3", "param": "X-Sequence",
+///                             "event_id": null}}
 /// ```
 ///
 /// `error` server events carry the same object (see ``VoxwireEvent/error``); they have no
@@ -24,6 +25,8 @@ public struct VoxwireError: Error, Sendable, Equatable, CustomStringConvertible 
     public let param: String?
     /// The error class, e.g. `invalid_request_error`, `authentication_error`.
     public let type: String?
+    /// The `event_id` of the client event that caused it (`POST events`), if it had one.
+    public let eventID: String?
     /// `Retry-After` in seconds (429 and 503).
     public let retryAfter: TimeInterval?
     /// `X-Accepted-Bytes`: how much of a streamed upload the server kept before it answered
@@ -32,29 +35,32 @@ public struct VoxwireError: Error, Sendable, Equatable, CustomStringConvertible 
 
     public init(
         status: Int, code: String, message: String, param: String? = nil, type: String? = nil,
-        retryAfter: TimeInterval? = nil, acceptedBytes: Int? = nil
+        eventID: String? = nil, retryAfter: TimeInterval? = nil, acceptedBytes: Int? = nil
     ) {
         self.status = status
         self.code = code
         self.message = message
         self.param = param
         self.type = type
+        self.eventID = eventID
         self.retryAfter = retryAfter
         self.acceptedBytes = acceptedBytes
     }
 
     public var description: String {
         let suffix = param.map { " (\($0))" } ?? ""
-        return "voxwire \(status) \(code): \(message)\(suffix)"
+        let cause = eventID.map { " (event \($0))" } ?? ""
+        return "voxwire \(status) \(code): \(message)\(suffix)\(cause)"
     }
 
-    /// The wire format of an error body.
+    /// The wire format of an error body (its keys as sent).
     struct Body: Decodable {
         struct Inner: Decodable {
             let type: String?
             let code: String?
             let message: String?
             let param: String?
+            let event_id: String?  // the wire's key: the client event refused
         }
         let error: Inner
     }
@@ -67,7 +73,8 @@ public struct VoxwireError: Error, Sendable, Equatable, CustomStringConvertible 
             self.init(
                 status: response.statusCode, code: decoded.error.code ?? "error",
                 message: decoded.error.message ?? "", param: decoded.error.param,
-                type: decoded.error.type, retryAfter: retryAfter, acceptedBytes: accepted)
+                type: decoded.error.type, eventID: decoded.error.event_id, retryAfter: retryAfter,
+                acceptedBytes: accepted)
         } else {
             let text = String(decoding: body.prefix(200), as: UTF8.self)
             self.init(

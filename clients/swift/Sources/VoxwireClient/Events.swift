@@ -6,11 +6,16 @@ import Foundation
 
 /// One server event from `events`: its `type` and all of its JSON fields.
 ///
+/// The types are OpenAI Realtime's GA names (`response.output_audio_transcript.delta`,
+/// `conversation.item.added`, ...); a session asked for with `OpenAI-Beta: realtime=v1` gets
+/// the beta ones (`response.audio_transcript.delta`, `conversation.item.created`, ...).
+///
 /// ```swift
 /// for try await event in session.events() {
 ///     switch event.type {
 ///     case "conversation.item.input_audio_transcription.completed": print(event.transcript ?? "")
-///     case "response.audio_transcript.delta": print(event.delta ?? "", terminator: "")
+///     case "response.output_audio_transcript.delta", "response.output_text.delta":
+///         print(event.delta ?? "", terminator: "")
 ///     default: break
 ///     }
 /// }
@@ -26,12 +31,17 @@ public struct VoxwireEvent: Sendable, Equatable {
     /// A field of the event.
     public subscript(key: String) -> JSONValue? { fields[key] }
 
-    /// `transcript` of `…input_audio_transcription.completed` and `response.audio_transcript.done`.
+    /// `transcript` of `…input_audio_transcription.completed` and
+    /// `response.output_audio_transcript.done`.
     public var transcript: String? { fields["transcript"]?.stringValue }
+    /// `text` of `response.output_text.done` (a reply in text only).
+    public var text: String? { fields["text"]?.stringValue }
     /// `delta` of the `….delta` events (partial transcripts, the reply's text).
     public var delta: String? { fields["delta"]?.stringValue }
     /// `item_id`: ties the events of one user turn or one reply together.
     public var itemID: String? { fields["item_id"]?.stringValue }
+    /// `response_id` of the events of one response (its deltas, `output_audio_buffer.*`).
+    public var responseID: String? { fields["response_id"]?.stringValue }
     /// `response.status` of `response.done`: `completed`, `cancelled` or `failed`.
     public var responseStatus: String? { fields["response"]?["status"]?.stringValue }
 
@@ -41,7 +51,7 @@ public struct VoxwireEvent: Sendable, Equatable {
         return VoxwireError(
             status: 0, code: error["code"]?.stringValue ?? "error",
             message: error["message"]?.stringValue ?? "", param: error["param"]?.stringValue,
-            type: error["type"]?.stringValue)
+            type: error["type"]?.stringValue, eventID: error["event_id"]?.stringValue)
     }
 
     public init(id: Int?, type: String, fields: [String: JSONValue]) {

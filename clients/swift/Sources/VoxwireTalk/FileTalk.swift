@@ -124,12 +124,16 @@ struct FileTalk {
                 state.saw(event)
                 switch event.type {
                 case "conversation.item.input_audio_transcription.delta",
-                    "response.audio_transcript.delta", "response.output_audio_transcript.delta":
+                    "response.output_audio_transcript.delta", "response.audio_transcript.delta",
+                    "response.output_text.delta", "response.text.delta",
+                    "response.function_call_arguments.delta":
                     continue  // the completed text follows
                 case "conversation.item.input_audio_transcription.completed":
                     print("you:      \(event.transcript ?? "")")
-                case "response.audio_transcript.done", "response.output_audio_transcript.done":
+                case "response.output_audio_transcript.done", "response.audio_transcript.done":
                     print("voxwire:  \(event.transcript ?? "")")
+                case "response.output_text.done", "response.text.done":
+                    print("voxwire:  \(event.text ?? "")")
                 case "response.done":
                     print("event     response.done (\(event.responseStatus ?? "?"))")
                 case "error":

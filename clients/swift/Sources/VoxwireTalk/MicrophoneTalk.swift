@@ -68,10 +68,14 @@
                 switch event.type {
                 case "input_audio_buffer.speech_started":
                     audio.flushPlayback()  // barge-in: the server has cut the reply too
+                case "output_audio_buffer.cleared":
+                    audio.flushPlayback()  // the server dropped the reply's audio (cancelled)
                 case "conversation.item.input_audio_transcription.completed":
                     print("you:      \(event.transcript ?? "")")
-                case "response.audio_transcript.done", "response.output_audio_transcript.done":
+                case "response.output_audio_transcript.done", "response.audio_transcript.done":
                     print("voxwire:  \(event.transcript ?? "")")
+                case "response.output_text.done", "response.text.done":
+                    print("voxwire:  \(event.text ?? "")")
                 case "response.done" where event.responseStatus == "cancelled":
                     print("          (interrupted)")
                 case "error":

@@ -1,6 +1,11 @@
+import Foundation
 import XCTest
 
 @testable import VoxwireClient
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// The two hand-written parsers, fed the way the network splits bytes.
 final class ParserTests: XCTestCase {
@@ -32,6 +37,55 @@ final class ParserTests: XCTestCase {
         let event = try XCTUnwrap(VoxwireEvent(message))
         XCTAssertEqual(event.id, 7)
         XCTAssertEqual(event.transcript, "hi")
+    }
+
+    func testGAReplyEventsDecode() throws {
+        let spoken = try XCTUnwrap(
+            VoxwireEvent(
+                SSEMessage(
+                    id: "8", event: nil,
+                    data: #"{"type":"response.output_audio_transcript.delta","response_id":"resp_1","item_id":"item_2","output_index":0,"content_index":0,"delta":"Hel"}"#
+                )))
+        XCTAssertEqual(spoken.type, "response.output_audio_transcript.delta")
+        XCTAssertEqual(spoken.delta, "Hel")
+        XCTAssertEqual(spoken.responseID, "resp_1")
+        XCTAssertEqual(spoken.itemID, "item_2")
+        let written = try XCTUnwrap(
+            VoxwireEvent(
+                SSEMessage(
+                    id: "9", event: nil,
+                    data: #"{"type":"response.output_text.done","response_id":"resp_1","item_id":"item_2","text":"Hello."}"#)))
+        XCTAssertEqual(written.text, "Hello.")
+        XCTAssertNil(written.transcript)
+    }
+
+    /// The error object carries the `event_id` of the client event it refused (or null).
+    func testErrorEventsAndBodiesCarryTheEventID() throws {
+        let event = try XCTUnwrap(
+            VoxwireEvent(
+                SSEMessage(
+                    id: nil, event: nil,
+                    data: #"{"type":"error","event_id":"event_12","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"busy","param":null,"event_id":"evt_client_3"}}"#
+                )))
+        let error = try XCTUnwrap(event.error)
+        XCTAssertEqual(error.code, "conversation_already_has_active_response")
+        XCTAssertEqual(error.type, "invalid_request_error")
+        XCTAssertEqual(error.eventID, "evt_client_3")
+        XCTAssertNil(error.param)
+        XCTAssertEqual(error.status, 0)
+        XCTAssertTrue(error.description.hasSuffix("(event evt_client_3)"), error.description)
+
+        let url = try XCTUnwrap(URL(string: "http://127.0.0.1/api/sessions/s/events"))
+        let response = try XCTUnwrap(HTTPURLResponse(url: url, statusCode: 409, httpVersion: "HTTP/1.1", headerFields: [:]))
+        let body = Data(
+            #"{"type":"error","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"busy","param":null,"event_id":"evt_9"}}"#
+                .utf8)
+        let decoded = VoxwireError(response: response, body: body)
+        XCTAssertEqual(decoded.status, 409)
+        XCTAssertEqual(decoded.eventID, "evt_9")
+        let unnamed = Data(#"{"type":"error","error":{"code":"sequence_gap","message":"m","param":"X-Sequence","event_id":null}}"#.utf8)
+        XCTAssertNil(VoxwireError(response: response, body: unnamed).eventID)
+        XCTAssertEqual(VoxwireError(response: response, body: unnamed).param, "X-Sequence")
     }
 
     func testWAVDecoderReadsTheRateAndCarriesOddBytes() throws {

@@ -93,6 +93,41 @@ final class ConversationTests: IntegrationTestCase {
         let done = try XCTUnwrap(events.all("response.done").first)
         XCTAssertEqual(done.responseStatus, "completed")
 
+        // OpenAI Realtime's GA names, not the beta ones: the user's item is added at the
+        // commit (its transcript still null) and done with the transcript; the reply's
+        // message, its words (the echo: the transcript), its audio queued and played out.
+        let beta: Set = [
+            "response.audio_transcript.delta", "response.audio_transcript.done", "response.audio.done",
+            "conversation.item.created",
+        ]
+        XCTAssertTrue(beta.isDisjoint(with: types), "\(types)")
+        let added = events.all("conversation.item.added")
+        XCTAssertEqual(added.map { $0["item"]?["role"]?.stringValue }, ["user", "assistant"], "\(types)")
+        let committed = try XCTUnwrap(events.all("input_audio_buffer.committed").first)
+        let userItem = try XCTUnwrap(added.first?["item"])
+        XCTAssertEqual(userItem["id"]?.stringValue, committed.itemID)
+        XCTAssertEqual(userItem["content"]?.arrayValue?.first?["type"]?.stringValue, "input_audio")
+        let userDone = try XCTUnwrap(
+            events.all("conversation.item.done").first { $0["item"]?["id"] == userItem["id"] }, "\(types)")
+        XCTAssertEqual(userDone["item"]?["content"]?.arrayValue?.first?["transcript"]?.stringValue, transcript)
+        let responseID = try XCTUnwrap(done["response"]?["id"]?.stringValue)
+        let words = events.all("response.output_audio_transcript.delta")
+        XCTAssertTrue(words.allSatisfy { $0.responseID == responseID })
+        XCTAssertEqual(words.compactMap(\.delta).joined(), transcript, "the echo's words as they came")
+        XCTAssertEqual(events.all("response.output_audio_transcript.done").first?.transcript, transcript)
+        XCTAssertEqual(events.all("response.output_audio.done").count, 1)
+        XCTAssertTrue(events.all("response.output_text.delta").isEmpty, "a spoken reply")
+        let replyOrder = [
+            "response.created", "response.output_item.added", "output_audio_buffer.started",
+            "response.output_audio.done", "response.output_item.done", "response.done",
+            "output_audio_buffer.stopped",
+        ]
+        let replyPositions = try replyOrder.map { type in
+            try XCTUnwrap(types.firstIndex(of: type), "no \(type) in \(types)")
+        }
+        XCTAssertEqual(replyPositions, replyPositions.sorted(), "\(types)")
+        XCTAssertEqual(events.all("output_audio_buffer.stopped").first?.responseID, responseID)
+
         // The reply: silence until the user stopped, then the echo, as long as the server says.
         let samples = voice.samples
         let stopped = try XCTUnwrap(events.all("input_audio_buffer.speech_stopped").first)
@@ -181,6 +216,11 @@ final class ConversationTests: IntegrationTestCase {
 
         let first = try XCTUnwrap(events.all("response.done").first)
         XCTAssertEqual(first.responseStatus, "cancelled", "\(events.types)")
+        // Its audio was dropped from the output buffer, which never played out.
+        let cutID = try XCTUnwrap(first["response"]?["id"]?.stringValue)
+        XCTAssertEqual(events.all("output_audio_buffer.cleared").map(\.responseID), [cutID], "\(events.types)")
+        XCTAssertFalse(
+            events.all("output_audio_buffer.stopped").contains { $0.responseID == cutID }, "\(events.types)")
         let truncated = try XCTUnwrap(events.all("conversation.item.truncated").first, "\(events.types)")
         let playedMs = try XCTUnwrap(truncated["audio_end_ms"]?.doubleValue)
         XCTAssertGreaterThan(playedMs, 500)

@@ -240,7 +240,8 @@ final class TransportTests: IntegrationTestCase {
         }
     }
 
-    /// What the server refuses, as `VoxwireError`: status, code, param, Retry-After.
+    /// What the server refuses, as `VoxwireError`: status, code, param, Retry-After, the
+    /// client event refused.
     func testErrorStatusesMapToVoxwireError() async throws {
         // 422: a bad session config, naming the parameter.
         let threshold = await voxwireError("422") {
@@ -281,13 +282,43 @@ final class TransportTests: IntegrationTestCase {
         XCTAssertEqual(unsupported?.code, "unsupported_media_type")
         XCTAssertEqual(unsupported?.param, "Content-Type")
 
-        // 429 with Retry-After: more replies asked for than the session queues.
-        let many = [JSONValue](repeating: ["type": "response.create"], count: 20)
-        let busy = await voxwireError("429") { try await session.send(events: many) }
-        XCTAssertEqual(busy?.status, 429)
-        XCTAssertEqual(busy?.code, "too_many_responses")
-        XCTAssertEqual(busy?.type, "rate_limit_error")
-        XCTAssertGreaterThanOrEqual(busy?.retryAfter ?? 0, 1)
+        // 409: one response at a time, as in OpenAI Realtime. Two in one POST are refused
+        // (and nothing of it applies)...
+        let events = EventLog(session.events())
+        try await events.wait(for: "session.created")
+        let two = [JSONValue](repeating: ["type": "response.create"], count: 2)
+        let both = await voxwireError("409 two at once") { try await session.send(events: two) }
+        XCTAssertEqual(both?.status, 409)
+        XCTAssertEqual(both?.code, "conversation_already_has_active_response")
+        XCTAssertEqual(both?.type, "invalid_request_error")
+        XCTAssertNil(both?.eventID, "the events had no event_id")
+        XCTAssertNil(both?.retryAfter)
+        // ...and so is one while a reply is being spoken, naming the event refused, on the
+        // HTTP answer and in the `error` event.
+        let said = try await session.send(events: [
+            [
+                "type": "conversation.item.create",
+                "item": [
+                    "type": "message", "role": "user",
+                    "content": [["type": "input_text", "text": "Turn on the kitchen lights."]],
+                ],
+            ],
+            ["type": "response.create", "event_id": "evt_first"],
+        ])
+        XCTAssertEqual(said, 2)
+        let again = await voxwireError("409 while active") {
+            try await session.send(events: [["type": "response.create", "event_id": "evt_again"]])
+        }
+        XCTAssertEqual(again?.status, 409)
+        XCTAssertEqual(again?.code, "conversation_already_has_active_response")
+        XCTAssertEqual(again?.eventID, "evt_again")
+        try await events.wait(for: "error", count: 2)
+        let refused = events.all("error").compactMap(\.error)
+        XCTAssertEqual(refused.map(\.code), [String](repeating: "conversation_already_has_active_response", count: 2))
+        XCTAssertEqual(refused.map(\.eventID), [nil, "evt_again"])
+        let done = try await events.wait(for: "response.done")
+        XCTAssertEqual(done.responseStatus, "completed", "the first reply was not disturbed")
+        XCTAssertEqual(events.all("response.created").count, 1, "\(events.types)")
 
         // The session is still fine after all that.
         let accepted = try await session.send(events: [["type": "input_audio_buffer.clear"]])
