@@ -446,3 +446,34 @@ async def test_output_audio_buffer_clear_silences_and_truncates(client: httpx.As
     assert reply["status"] == "incomplete"
     assert long_text.startswith(reply["content"][0]["transcript"])
     assert len(reply["content"][0]["transcript"]) < len(long_text)
+
+
+async def test_ga_output_speed_and_modalities_change_the_reply(client: httpx.AsyncClient) -> None:
+    """``audio.output.speed`` changes Piper's pace; session ``output_modalities: ["text"]``
+    stops speech for every reply."""
+    text = "The quick brown fox jumps over the lazy dog, and then it runs away into the woods."
+    s = await create_session(client, turn_detection=None)
+    events, stream = Events(), Stream()
+    url = f"/api/sessions/{s.id}"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(events.run, client, s)
+        nursery.start_soon(stream.run, client, s)
+        await events.wait_for("session.created")
+        lengths = []
+        for n, speed in enumerate((1.0, 1.5), 1):
+            r = await client.patch(
+                url, headers=s.auth, json={"audio": {"output": {"speed": speed}}}
+            )
+            assert r.status_code == 200, r.text
+            await post_events(client, s, say(text), {"type": "response.create"})
+            done = await events.nth("response.done", n)
+            lengths.append(done["response"]["audio_queued_ms"])
+        r = await client.patch(url, headers=s.auth, json={"output_modalities": ["text"]})
+        assert r.status_code == 200, r.text
+        await post_events(client, s, say(text), {"type": "response.create"})
+        quiet = await events.nth("response.done", 3)
+        nursery.cancel_scope.cancel()
+    assert lengths[1] < 0.8 * lengths[0], lengths
+    assert quiet["response"]["output_modalities"] == ["text"]
+    assert quiet["response"]["audio_queued_ms"] == 0
+    assert quiet["response"]["output"][0]["content"][0] == {"type": "output_text", "text": text}

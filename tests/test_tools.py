@@ -331,3 +331,31 @@ async def test_a_call_after_barge_in_is_cancelled_not_sent(
     assert not events.of("response.function_call_arguments.done")
     calls = [i for i in done["response"]["output"] if i["type"] == "function_call"]
     assert all(c["status"] == "incomplete" for c in calls)
+
+
+async def test_ga_session_fields_reach_the_model(client: httpx.AsyncClient, fake: FakeLlm) -> None:
+    """instructions, max_output_tokens, tools and tool_choice set in GA shape are what the
+    chat-completions request carries."""
+    s = await session(client, tools=[])
+    update = {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "instructions": "Answer in one word.",
+            "max_output_tokens": 64,
+            "tools": [TIME],
+            "tool_choice": "none",
+        },
+    }
+    events = Events()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(events.run, client, s)
+        await events.wait_for("session.created")
+        await post_events(client, s, update, say("Hi."), CREATE)
+        await events.nth("response.done", 1)
+        nursery.cancel_scope.cancel()
+    (body,) = fake.requests
+    assert body["messages"][0] == {"role": "system", "content": "Answer in one word."}
+    assert body["max_tokens"] == 64
+    assert [t["function"]["name"] for t in body["tools"]] == ["get_time"]
+    assert body["tool_choice"] == "none"
