@@ -287,7 +287,7 @@ async def test_a_second_response_create_is_refused_whole_while_one_is_active(
     )
     assert r.status_code == 409, r.text
     assert r.json()["error"]["code"] == "conversation_already_has_active_response"
-    assert r.json()["error"]["event_id"] == "evt_a"
+    assert r.json()["error"]["event_id"] == "evt_b"  # the one too many
     events = Events()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(events.run, client, s)

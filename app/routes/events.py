@@ -422,7 +422,7 @@ def _check(session: Session, events: list[_Event]) -> list[Any]:
         ApiError: naming the param, with the ``event_id`` of the event refused.
     """
     config = session.config
-    creates = sum(e.kind == "response.create" for e in events)
+    creates = 0
     known = {i.id for i in session.pipeline.conversation.items}
     plans: list[Any] = []
     for index, event in enumerate(events):
@@ -467,6 +467,7 @@ def _check(session: Session, events: list[_Event]) -> list[Any]:
                 tools = config.tools if spec.tools is None else spec.tools
                 choice = config.tool_choice if spec.tool_choice is None else spec.tool_choice
                 check_tool_choice(tools, choice, f"[{index}].response.tool_choice")
+                creates += 1  # (a second one in the list is the one refused)
                 session.check_responses(creates)
                 plan = dataclasses.replace(spec, event_id=event.event_id)
             plans.append(plan)
