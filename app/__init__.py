@@ -18,7 +18,7 @@ from app._cors import CorsPolicy
 from app._errors import ApiError, VoiceServiceError
 from app._memory import limit_malloc_arenas, trim_periodically
 from app._metrics import Metrics
-from app._models import ModelHub
+from app._models import ModelHub, SpeechServices
 from app._registry import SessionRegistry
 from app._responders import Responders
 from app._server import serve
@@ -110,6 +110,7 @@ def create_app(config: ServerConfig | None = None) -> QuartTrio:
         concurrency=config.inference_concurrency,
         metrics=metrics,
         full_lag_s=config.scheduler_full_lag_ms / 1000,
+        services=SpeechServices.from_config(config),
     )
     responders = Responders(config)
     registry = SessionRegistry(config, metrics, hub, responders)

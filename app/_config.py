@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 SUPPORTED_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 RESPONDERS = ("echo", "llm", "none", "loopback")
+BACKENDS = ("local", "openai")
 VOICES = ("joe",)
 Responder = Literal["echo", "llm", "none", "loopback"]
 
@@ -57,8 +58,27 @@ class ServerConfig:
     stt_model: str = ""
     tts_voice: str = ""
     turn_model: str = ""  # Smart Turn v3.2 ONNX (default: in the pipecat-ai wheel)
+    stt_model_path: str = ""  # a (larger) CTranslate2 Whisper directory; same as stt_model
     stt_threads: int = 2
     tts_threads: int = 1
+    # where local models run: auto (CUDA when it works, else CPU), cpu, cuda
+    device: str = "auto"
+    # Speech models as services (OpenAI's audio APIs: vLLM, speaches, Kokoro-FastAPI,
+    # OpenAI): "local" runs the embedded models, "openai" posts to <base_url>.
+    stt_backend: str = "local"
+    stt_base_url: str = ""
+    stt_api_key: str = field(default="", repr=False)
+    stt_remote_model: str = "whisper-1"  # sent unless the session names another
+    stt_timeout_s: float = 10.0  # the deadline of one remote transcription
+    stt_partials: str = "local"  # partial transcripts: local (embedded), remote, off
+    stt_fallback: bool = False  # a failed remote call is retried on the embedded model
+    tts_backend: str = "local"
+    tts_base_url: str = ""
+    tts_api_key: str = field(default="", repr=False)
+    tts_remote_model: str = "tts-1"
+    tts_remote_voice: str = "alloy"  # sent while the session keeps the embedded voice
+    tts_timeout_s: float = 10.0  # first audio byte of one remote clause
+    tts_fallback: bool = False
     # STT and TTS calls running at once (one per core: more only oversubscribes the CPU)
     inference_concurrency: int = 2
     # /readyz answers 503 (overloaded) while final transcripts and first replies wait this
@@ -122,16 +142,41 @@ class ServerConfig:
     malloc_arenas: int = 2
     malloc_trim_interval_s: float = 10.0
 
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("stt_backend", self.stt_backend, BACKENDS),
+            ("tts_backend", self.tts_backend, BACKENDS),
+            ("stt_partials", self.stt_partials, ("local", "remote", "off")),
+            ("device", self.device, ("auto", "cpu", "cuda")),
+        ):
+            if value not in choices:
+                raise ValueError(f"VOXWIRE_{name.upper()}={value!r}: one of {', '.join(choices)}")
+        for backend, url in (("stt", self.stt_base_url), ("tts", self.tts_base_url)):
+            if getattr(self, f"{backend}_backend") == "openai" and not url:
+                raise ValueError(f"VOXWIRE_{backend.upper()}_BASE_URL is needed with openai")
+
+    def caps(self) -> Caps:
+        """What sessions may ask for, given the backends."""
+        return Caps(
+            voices=None if self.tts_backend == "openai" else VOICES,
+            transcription_models=None if self.stt_backend == "openai" else TRANSCRIPTION_MODELS,
+            languages=None if self.stt_backend == "openai" else TRANSCRIPTION_LANGUAGES,
+            prompts=self.stt_backend == "openai",
+        )
+
     def model_paths(self) -> ModelPaths:
         return ModelPaths(
             vad=Path(self.vad_model) if self.vad_model else None,
-            stt=Path(self.stt_model) if self.stt_model else None,
+            stt=Path(self.stt_model_path or self.stt_model)
+            if (self.stt_model_path or self.stt_model)
+            else None,
             tts=Path(self.tts_voice) if self.tts_voice else None,
             turn=Path(self.turn_model) if self.turn_model else None,
             stt_threads=self.stt_threads,
             tts_threads=self.tts_threads,
             # one more than the limiter: an abandoned partial decode may still be running
             stt_workers=self.inference_concurrency + 1,
+            device=self.device,
         )
 
     @classmethod
@@ -147,8 +192,12 @@ class ServerConfig:
                 continue
             kind = type(getattr(cls(), f.name))
             try:
-                if f.name in ("api_key", "openai_api_key"):
+                if f.name.endswith("api_key"):
                     values[f.name] = raw
+                elif kind is bool:
+                    if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError("expected true or false")
+                    values[f.name] = raw.lower() in ("1", "true", "yes")
                 elif kind is int:
                     values[f.name] = int(raw)
                 elif kind is float:
@@ -189,6 +238,16 @@ class TurnDetection:
         return data
 
 
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """What a session may ask for (``None``: anything, a remote service decides)."""
+
+    voices: tuple[str, ...] | None = ("joe",)
+    transcription_models: tuple[str, ...] | None = ("whisper-tiny.en",)
+    languages: tuple[str, ...] | None = ("en",)
+    prompts: bool = False
+
+
 MODALITIES = ("audio", "text")
 TRANSCRIPTION_MODELS = ("whisper-tiny.en",)
 TRANSCRIPTION_LANGUAGES = ("en",)
@@ -220,6 +279,7 @@ class SessionConfig:
     speed: float = 1.0
     transcription_model: str = TRANSCRIPTION_MODELS[0]
     transcription_language: str = "en"
+    transcription_prompt: str = ""  # remote STT only
 
     @property
     def speaks(self) -> bool:
@@ -244,6 +304,7 @@ class SessionConfig:
             "input_audio_transcription": {
                 "model": self.transcription_model,
                 "language": self.transcription_language,
+                "prompt": self.transcription_prompt,
             },
         }
 
@@ -412,7 +473,7 @@ def _pcm_format(value: object, param: str) -> int | None:
     return rate
 
 
-def _transcription(value: object, param: str, base: SessionConfig) -> dict[str, Any]:
+def _transcription(value: object, param: str, base: SessionConfig, caps: Caps) -> dict[str, Any]:
     if value is None:
         raise _unsupported(param, "turning transcription off", "turns need it: omit the key")
     if not isinstance(value, dict):
@@ -421,14 +482,23 @@ def _transcription(value: object, param: str, base: SessionConfig) -> dict[str, 
     for key, v in value.items():
         where = f"{param}.{key}"
         if key == "model":
-            if v not in TRANSCRIPTION_MODELS:
-                raise _unsupported(where, repr(v), f"models: {', '.join(TRANSCRIPTION_MODELS)}")
+            models = caps.transcription_models
+            if not isinstance(v, str) or not 0 < len(v) <= 128:
+                raise _bad(where, f"{where} must be a model name")
+            if models is not None and v not in models:
+                raise _unsupported(where, repr(v), f"models: {', '.join(models)}")
             out["transcription_model"] = v
         elif key == "language":
-            if v is not None and v not in TRANSCRIPTION_LANGUAGES:
-                listed = ", ".join(TRANSCRIPTION_LANGUAGES)
-                raise _unsupported(where, repr(v), f"languages: {listed}")
+            languages = caps.languages
+            if v is not None and not isinstance(v, str):
+                raise _bad(where, f"{where} must be a language code")
+            if v is not None and languages is not None and v not in languages:
+                raise _unsupported(where, repr(v), f"languages: {', '.join(languages)}")
             out["transcription_language"] = v or base.transcription_language
+        elif key == "prompt" and caps.prompts:
+            if not isinstance(v, str) or len(v) > 1000:
+                raise _bad(where, f"{where} must be a string of at most 1000 characters")
+            out["transcription_prompt"] = v
         elif key in ("prompt", "keywords", "delay", "languages"):
             if v not in (None, "", []):
                 raise _unsupported(where, key, "the embedded Whisper takes no hints")
@@ -447,7 +517,9 @@ def _pcm16(value: object, param: str) -> None:
         raise _unsupported(param, repr(value), "voxwire speaks 'pcm16'")
 
 
-def _flat_field(key: str, v: object, base: SessionConfig, param: str, out: dict[str, Any]) -> None:
+def _flat_field(
+    key: str, v: object, base: SessionConfig, param: str, out: dict[str, Any], caps: Caps
+) -> None:
     """Validate one flat (beta and voxwire) key into ``out`` (SessionConfig fields)."""
     if key == "instructions":
         if not isinstance(v, str):
@@ -456,8 +528,10 @@ def _flat_field(key: str, v: object, base: SessionConfig, param: str, out: dict[
             raise _bad(param, "instructions must be at most 16000 characters")
         out[key] = v
     elif key == "voice":
-        if v not in VOICES:
-            raise _unsupported(param, repr(v), f"voices: {', '.join(VOICES)}")
+        if not isinstance(v, str) or not 0 < len(v) <= 64:
+            raise _bad(param, f"{param} must be a voice name")
+        if caps.voices is not None and v not in caps.voices:
+            raise _unsupported(param, repr(v), f"voices: {', '.join(caps.voices)}")
         out[key] = v
     elif key in ("input_sample_rate", "output_sample_rate"):
         out[key] = _integer(v, param, 0, 10**6)
@@ -501,7 +575,7 @@ def is_ga_shape(data: dict[str, Any]) -> bool:
     return any(k in data for k in GA_SHAPE_KEYS)
 
 
-def _ga_session(data: dict[str, Any], base: SessionConfig, out: dict[str, Any]) -> None:
+def _ga_session(data: dict[str, Any], base: SessionConfig, out: dict[str, Any], caps: Caps) -> None:
     for key, v in data.items():
         if key == "type":
             if v != "realtime":
@@ -513,7 +587,7 @@ def _ga_session(data: dict[str, Any], base: SessionConfig, out: dict[str, Any]) 
         elif key == "audio":
             if not isinstance(v, dict):
                 raise _bad(key, "audio must be an object")
-            _ga_audio(v, base, out)
+            _ga_audio(v, base, out, caps)
         elif key == "truncation":
             if v not in ("auto", None):
                 raise _unsupported(key, repr(v), "history is truncated automatically ('auto')")
@@ -522,10 +596,10 @@ def _ga_session(data: dict[str, Any], base: SessionConfig, out: dict[str, Any]) 
         elif key in BETA_KEYS:
             raise _bad(key, f"{key} is the beta name; in the GA shape it is {BETA_KEYS[key]}")
         else:
-            _flat_field(key, v, base, key, out)
+            _flat_field(key, v, base, key, out, caps)
 
 
-def _ga_audio(audio: dict[str, Any], base: SessionConfig, out: dict[str, Any]) -> None:
+def _ga_audio(audio: dict[str, Any], base: SessionConfig, out: dict[str, Any], caps: Caps) -> None:
     for side, conf in audio.items():
         where = f"audio.{side}"
         if side not in ("input", "output"):
@@ -541,17 +615,21 @@ def _ga_audio(audio: dict[str, Any], base: SessionConfig, out: dict[str, Any]) -
             elif side == "input" and key == "turn_detection":
                 out[key] = _turn_detection(v, base.turn_detection, param)
             elif side == "input" and key == "transcription":
-                out.update(_transcription(v, param, base))
+                out.update(_transcription(v, param, base, caps))
             elif side == "input" and key == "noise_reduction":
                 _null_only(v, param, "noise reduction")
             elif side == "output" and key in ("voice", "speed"):
-                _flat_field(key, v, base, param, out)
+                _flat_field(key, v, base, param, out, caps)
             else:
                 raise _bad(param, f"unknown key {key!r}")
 
 
 def validate_session_config(
-    data: object, base: SessionConfig | None = None, *, update: bool = False
+    data: object,
+    base: SessionConfig | None = None,
+    *,
+    update: bool = False,
+    caps: Caps | None = None,
 ) -> SessionConfig:
     """Check a (partial) session config strictly and merge it over ``base``.
 
@@ -565,6 +643,7 @@ def validate_session_config(
             available).
     """
     base = base or SessionConfig()
+    caps = caps or Caps()
     if data is None:
         return base
     if not isinstance(data, dict):
@@ -573,7 +652,7 @@ def validate_session_config(
         raise _bad("", "keys must be strings")
     out: dict[str, Any] = {}
     if is_ga_shape(data):
-        _ga_session(data, base, out)
+        _ga_session(data, base, out, caps)
     else:
         for key, v in data.items():
             if key == "modalities":
@@ -581,11 +660,11 @@ def validate_session_config(
             elif key in ("input_audio_format", "output_audio_format"):
                 _pcm16(v, key)
             elif key == "input_audio_transcription":
-                out.update(_transcription(v, key, base))
+                out.update(_transcription(v, key, base, caps))
             elif key == "input_audio_noise_reduction":
                 _null_only(v, key, "noise reduction")
             else:
-                _flat_field(key, v, base, key, out)
+                _flat_field(key, v, base, key, out, caps)
     if update:
         for key in IMMUTABLE_KEYS:
             if key in out and out[key] != getattr(base, key):

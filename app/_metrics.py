@@ -106,6 +106,12 @@ class Metrics:
         self.model_errors = Counter(
             "voxwire_model_errors", "Inference failures, by model", ["model"], registry=r
         )
+        self.model_fallbacks = Counter(
+            "voxwire_model_fallbacks",
+            "Remote speech calls that failed and ran on the embedded model instead",
+            ["model"],
+            registry=r,
+        )
         self.turns = Counter("voxwire_turns", "User turns committed", registry=r)
         self.responses = Counter(
             "voxwire_responses", "Responses finished, by status", ["status"], registry=r

@@ -1,25 +1,74 @@
-"""The process's models: loaded once, in the app's nursery, shared by every session."""
+"""The process's models: loaded once, in the app's nursery, shared by every session.
+
+Speech recognition and synthesis run on the embedded models (through the scheduler) or on
+services that speak OpenAI's audio APIs (:class:`SpeechServices`); :meth:`ModelHub.transcribe`
+and :meth:`ModelHub.synthesize` pick one, and fall back to the embedded model when told to.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import httpx
 import trio
 
 from app._errors import ApiError
 from app._scheduler import Priority, Scheduler
+from audio import EdgeFade
 from models import ModelError, ModelPaths, ModelSet, load_models
+from models.stt import window_frames
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable, Sequence
+    from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 
+    import numpy as np
+
+    from app._config import ServerConfig, SessionConfig
     from app._metrics import Metrics
+    from models.remote_audio import OpenAiStt, OpenAiTts, RemoteSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+Kind = Literal["partial", "speculative", "final"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechServices:
+    """Which speech models are services, and how to reach them (from ServerConfig)."""
+
+    stt: RemoteSettings | None = None
+    stt_partials: Literal["local", "remote", "off"] = "local"
+    stt_fallback: bool = False
+    tts: RemoteSettings | None = None
+    tts_voice: str = "alloy"  # sent while a session keeps the embedded voice
+    tts_fallback: bool = False
+
+    @classmethod
+    def from_config(cls, c: ServerConfig) -> SpeechServices:
+        def remote(url: str, key: str, model: str, timeout_s: float) -> RemoteSettings:
+            from models.remote_audio import RemoteSettings
+
+            return RemoteSettings(url, key, model, timeout_s=timeout_s)
+
+        return cls(
+            stt=remote(c.stt_base_url, c.stt_api_key, c.stt_remote_model, c.stt_timeout_s)
+            if c.stt_backend == "openai"
+            else None,
+            stt_partials=c.stt_partials,  # type: ignore[arg-type]  # checked by ServerConfig
+            stt_fallback=c.stt_fallback,
+            tts=remote(c.tts_base_url, c.tts_api_key, c.tts_remote_model, c.tts_timeout_s)
+            if c.tts_backend == "openai"
+            else None,
+            tts_voice=c.tts_remote_voice,
+            tts_fallback=c.tts_fallback,
+        )
 
 
 class ModelHub:
@@ -32,9 +81,18 @@ class ModelHub:
     """
 
     def __init__(
-        self, paths: ModelPaths, *, concurrency: int, metrics: Metrics, full_lag_s: float = 0.3
+        self,
+        paths: ModelPaths,
+        *,
+        concurrency: int,
+        metrics: Metrics,
+        full_lag_s: float = 0.3,
+        services: SpeechServices | None = None,
     ) -> None:
         self.paths = paths
+        self.services = services or SpeechServices()
+        self._stt: OpenAiStt | None = None
+        self._tts: OpenAiTts | None = None
         self.vad_limiter = trio.CapacityLimiter(2)
         self.scheduler = Scheduler(workers=concurrency, metrics=metrics, full_lag_s=full_lag_s)
         self._metrics = metrics
@@ -59,7 +117,13 @@ class ModelHub:
             log.error("loading models failed: %s", self.error)
         else:
             self._metrics.models_ready.set(1)
-            log.info("models ready in %.1f s", trio.current_time() - started)
+            device = self._models.device
+            log.info(
+                "models ready in %.1f s on %s (%s)",
+                trio.current_time() - started,
+                device.name,
+                device.reason,
+            )
         finally:
             self._done.set()
 
@@ -97,11 +161,112 @@ class ModelHub:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The scheduler's workers (until cancelled), then the models' load."""
-        async with trio.open_nursery() as nursery:
+        """The scheduler's workers and the speech services' connection pool (until
+        cancelled), then the models' load."""
+        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+            if self.services.stt is not None:
+                from models.remote_audio import OpenAiStt
+
+                self._stt = OpenAiStt(client, self.services.stt)
+                log.info("speech recognition: %s", self._stt.label)
+            if self.services.tts is not None:
+                from models.remote_audio import OpenAiTts
+
+                self._tts = OpenAiTts(client, self.services.tts)
+                log.info("speech synthesis: %s", self._tts.label)
             await nursery.start(self.scheduler.run)
             await nursery.start(self.load)
             task_status.started()
+
+    @property
+    def remote_tts(self) -> bool:
+        return self.services.tts is not None
+
+    def partials_off(self) -> bool:
+        return self.services.stt is not None and self.services.stt_partials == "off"
+
+    async def transcribe(
+        self,
+        kind: Kind,
+        audio: np.ndarray[Any, np.dtype[np.int16]],
+        config: SessionConfig,
+        *,
+        key: Hashable | None = None,
+    ) -> str:
+        """A transcript of ``audio`` (16 kHz): remote when STT is a service (partials as
+        ``stt_partials`` says), otherwise the embedded Whisper, batched with other
+        sessions' decodes of the same kind and window.
+
+        Raises:
+            ModelError: the model or service failed (and no fallback was taken).
+            Stale: a newer partial of the same ``key`` replaced this one.
+        """
+        partial = kind == "partial"
+        remote = self._stt is not None and (not partial or self.services.stt_partials == "remote")
+        if remote:
+            assert self._stt is not None
+            try:
+                return await self._stt.transcribe(
+                    audio,
+                    model=None
+                    if config.transcription_model == "whisper-tiny.en"
+                    else config.transcription_model,
+                    language=config.transcription_language or None,
+                    prompt=config.transcription_prompt or None,
+                )
+            except ModelError as exc:
+                self._metrics.model_errors.labels("stt").inc()
+                if not self.services.stt_fallback:
+                    raise
+                log.warning("%s; falling back to the embedded model", exc)
+                self._metrics.model_fallbacks.labels("stt").inc()
+        return await self.infer_batchable(
+            "stt",
+            Priority.PARTIAL if partial else Priority.FIRST,
+            functools.partial(self.models.stt.transcribe_batch, retry=not partial),
+            audio,
+            # decodes waiting together from several sessions run as one batch; one window
+            # size per batch keeps each text what it would be alone
+            group=("stt", partial, window_frames(len(audio))),
+            key=key,
+        )
+
+    async def synthesize(
+        self, text: str, priority: Priority, config: SessionConfig
+    ) -> AsyncIterator[tuple[np.ndarray[Any, np.dtype[np.int16]], int]]:
+        """``text`` spoken, as ``(samples, rate)`` pieces as they come: one piece from the
+        embedded voice, a stream from a service (its first audio before its last).
+
+        Raises:
+            ModelError: the model or service failed (and no fallback was taken).
+        """
+        if self._tts is not None:
+            voice = self.services.tts_voice if config.voice == "joe" else config.voice
+            rate = self._tts.sample_rate
+            fade = EdgeFade(rate)
+            sent = False
+            try:
+                stream = self._tts.stream(text, voice=voice, speed=config.speed)
+                async with aclosing(stream) as chunks:
+                    async for chunk in chunks:
+                        out = fade.feed(chunk)
+                        if len(out):
+                            sent = True
+                            yield out, rate
+                tail = fade.end()
+                if len(tail):
+                    yield tail, rate
+                return
+            except ModelError as exc:
+                self._metrics.model_errors.labels("tts").inc()
+                # (audio already played cannot be taken back: only a clean start falls back)
+                if sent or not self.services.tts_fallback:
+                    raise
+                log.warning("%s; falling back to the embedded voice", exc)
+                self._metrics.model_fallbacks.labels("tts").inc()
+        tts = self.models.tts
+        pcm = await self.infer("tts", priority, tts.synthesize, text, config.speed)
+        yield pcm, tts.sample_rate
 
     async def infer(
         self,

@@ -257,7 +257,9 @@ class Session:
             ApiError: 422 naming the field; 503 when the new responder needs the models and
                 they are not loaded.
         """
-        config = validate_session_config(patch, base or self.config, update=True)
+        config = validate_session_config(
+            patch, base or self.config, update=True, caps=self._server.caps()
+        )
         error = None if config.responder == "loopback" else self._hub.unavailable()
         if error is not None:
             raise error

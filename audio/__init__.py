@@ -4,6 +4,7 @@ Nothing here imports trio or any HTTP library; every class is a synchronous stat
 fed with bytes or samples, so it can be tested exhaustively and driven by any I/O shell.
 """
 
+from audio.fade import EdgeFade
 from audio.framing import Framer
 from audio.pcm import AudioChunk, PcmDecoder, Samples, pcm16_bytes
 from audio.playout import Pacer, PlayoutBuffer
@@ -13,6 +14,7 @@ from audio.wav import WAV_HEADER_BYTES, streaming_wav_header
 __all__ = [
     "WAV_HEADER_BYTES",
     "AudioChunk",
+    "EdgeFade",
     "Framer",
     "Pacer",
     "PcmDecoder",

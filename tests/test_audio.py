@@ -128,3 +128,30 @@ def test_pacer_schedule() -> None:
     assert p.next_due() == pytest.approx(9.92)
     assert p.late_by(9.90) == 0.0
     assert p.late_by(10.05) == pytest.approx(0.13)
+
+
+@given(
+    n=st.integers(0, 600),
+    cuts=st.lists(st.integers(0, 600), max_size=12),
+    rate=st.sampled_from([16000, 24000]),
+)
+@settings(max_examples=200, deadline=None)
+def test_edge_fade_is_the_same_however_the_stream_is_cut(
+    n: int, cuts: list[int], rate: int
+) -> None:
+    """A streamed clause gets the same fades at both ends as the embedded voice's,
+    whatever the chunking (a service sends its body in arbitrary pieces)."""
+    from audio import EdgeFade
+    from models.tts import fade_edges
+
+    samples = (np.arange(n, dtype=np.int32) * 37 % 20000 - 10000).astype(np.int16)
+    fade = EdgeFade(rate)
+    out = [fade.feed(part) for part in np.split(samples, sorted(c % (n + 1) for c in cuts))]
+    out.append(fade.end())
+    got = np.concatenate(out)
+    assert len(got) == n
+    if n >= 2 * fade.n:  # long enough for both ramps: exactly the embedded voice's fades
+        np.testing.assert_array_equal(got, fade_edges(samples, rate))
+    assert np.all(np.abs(got.astype(np.int32)) <= np.abs(samples.astype(np.int32)))
+    if n:
+        assert got[0] == 0

@@ -14,7 +14,6 @@ import trio
 from quart import Blueprint, Response, jsonify, request
 
 from app._config import (
-    VOICES,
     check_tool_choice,
     parse_modalities,
     parse_tool_choice,
@@ -343,11 +342,12 @@ def _check_response_audio(voice: Any, audio: Any, param: str) -> None:
                     "voxwire speaks audio/pcm",
                     param=f"{param}.audio.output.format",
                 )
-    if voice is not None and voice not in VOICES:
+    voices = server_config().caps().voices
+    if voice is not None and voices is not None and voice not in voices:
         raise ApiError(
             422,
             "unsupported_value",
-            f"voice {voice!r} is not available; voices: {', '.join(VOICES)}",
+            f"voice {voice!r} is not available; voices: {', '.join(voices)}",
             param=f"{param}.voice",
         )
 

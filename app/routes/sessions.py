@@ -63,8 +63,9 @@ def proxy_session_id() -> str | None:
 async def create_session() -> tuple[Response, int]:
     require_api_key()
     data = await json_body()
+    caps = server_config().caps()
     base = validate_session_config({"responder": server_config().default_responder})
-    config = validate_session_config(data, base)
+    config = validate_session_config(data, base, caps=caps)
     session = await registry().create(config, proxy_session_id())
     session.beta = wants_beta(request.headers.get(BETA_HEADER))
     body: dict[str, Any] = {

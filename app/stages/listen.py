@@ -13,7 +13,6 @@ stale one (speech resumed, the turn was cleared), and a stale worker is cancelle
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections import deque
@@ -44,7 +43,6 @@ from audio.turn_taking import (
     Words,
 )
 from models import ModelError
-from models.stt import window_frames
 from models.turn_text import TextTurn, has_words, is_backchannel, text_turn
 
 if TYPE_CHECKING:
@@ -399,6 +397,7 @@ class _Listener:
         m = self._machine
         if (
             self._partial_interval <= 0
+            or self._deps.hub.partials_off()
             or self._partial_scope is not None
             or m.phase is not Phase.SPEAKING
             or m.position < self._next_partial
@@ -450,14 +449,10 @@ class _Listener:
                 # the sized window for all (bench/wer.py: no worse than the 30 s one on
                 # conversational speech, +0.8 points on short commands, 2.5-4x faster)
                 partial = kind == "partial"
-                text = await hub.infer_batchable(
-                    "stt",
-                    Priority.PARTIAL if partial else Priority.FIRST,
-                    functools.partial(hub.models.stt.transcribe_batch, retry=not partial),
+                text = await hub.transcribe(
+                    kind,
                     audio,
-                    # decodes waiting together from several sessions run as one batch;
-                    # one window size per batch keeps each text what it would be alone
-                    group=("stt", partial, window_frames(len(audio))),
+                    self._deps.config(),
                     # a newer partial of this session replaces a queued one
                     key=(self, "partial") if partial else None,
                 )
@@ -491,7 +486,10 @@ class _Listener:
         hub = self._deps.hub
         with scope:
             try:
-                pcm = await hub.infer("tts", Priority.FIRST, hub.models.tts.synthesize, clause)
+                speed = self._deps.config().speed
+                pcm = await hub.infer(
+                    "tts", Priority.FIRST, hub.models.tts.synthesize, clause, speed
+                )
             except ModelError as exc:
                 log.warning("speculative synthesis failed: %s", exc)
                 await self._results.send(_Prefetched(turn, pause, clause, None))
@@ -552,7 +550,11 @@ class _Listener:
     def _speak_early(self, hypothesis: str) -> None:
         """Echo: the first clause of the reply is that of the user's words, complete once
         something follows it in a partial: speak it now, again if a later partial differs."""
-        if self._deps.config().responder != "echo" or self._early_tries >= EARLY_TRIES:
+        if (
+            self._deps.config().responder != "echo"
+            or self._early_tries >= EARLY_TRIES
+            or self._deps.hub.remote_tts  # (a service's voice: spoken when the reply is due)
+        ):
             return
         pieces = cutter().feed(hypothesis)
         if not pieces or same_words(pieces[0], self._early_clause or ""):
@@ -574,7 +576,7 @@ class _Listener:
                 final.text = text
                 final.scope.cancel()
                 return  # the reply is due now: its own synthesis is as soon
-        if self._deps.config().responder == "echo":
+        if self._deps.config().responder == "echo" and not self._deps.hub.remote_tts:
             clause = first_clause(text)
             if clause:
                 scope = trio.CancelScope()

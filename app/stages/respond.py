@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ import trio
 from app._conversation import Item, spoken_prefix
 from app._realtime import chat_tool_choice, chat_tools
 from app._scheduler import Priority
-from app.stages.messages import ResponseSpec, UserTurn, new_id
+from app.stages.messages import Int16, ResponseSpec, UserTurn, new_id
 from audio import StreamResampler
 from models import ModelError, ResponseRequest, ToolCallDelta, Usage
 from models.sentences import ClauseCutter
@@ -432,31 +433,44 @@ class Responses:
         self, response: _Response, pieces: trio.MemoryReceiveChannel[str], config: SessionConfig
     ) -> None:
         deps = self._deps
-        tts = deps.hub.models.tts
-        # One resampler for the whole response: joins between pieces stay continuous.
-        resampler = StreamResampler(tts.sample_rate, config.output_sample_rate)
+        out_rate = config.output_sample_rate
+        # One resampler for the whole response (joins between pieces stay continuous);
+        # a new one only if the voice's rate changes (a service fell back to the local one).
+        resampler: StreamResampler | None = None
         prefetched = response.turn.prefetched if config.speed == 1.0 else None
+
+        async def play(pcm: Int16, rate: int) -> int:
+            nonlocal resampler
+            if resampler is None or resampler.in_rate != rate:
+                if resampler is not None:
+                    await play_out(resampler.feed(np.zeros(0, np.int16), last=True))
+                resampler = StreamResampler(rate, out_rate)
+            return await play_out(resampler.feed(pcm))
+
+        async def play_out(out: Int16) -> int:
+            if len(out) and response.first_audio_queued_at is None:
+                response.first_audio_queued_at = trio.current_time()
+                deps.events.emit("output_audio_buffer.started", response_id=response.id)
+            await deps.playout.put(out)
+            response.queued += len(out)
+            return len(out)
+
         async with pieces:
             async for piece in pieces:
+                samples = 0
                 if prefetched is not None and prefetched[0] == piece:
-                    pcm = prefetched[1]
+                    samples += await play(prefetched[1], deps.hub.models.tts.sample_rate)
                 else:
                     # the first piece is the reply's latency; later ones have its length
-                    first = not response.spoken
-                    priority = Priority.FIRST if first else Priority.REPLY
-                    pcm = await deps.hub.infer("tts", priority, tts.synthesize, piece, config.speed)
+                    priority = Priority.FIRST if not response.spoken else Priority.REPLY
+                    speech = deps.hub.synthesize(piece, priority, config)
+                    async with aclosing(speech) as chunks:
+                        async for pcm, rate in chunks:
+                            samples += await play(pcm, rate)
                 prefetched = None
-                out = resampler.feed(pcm)
-                if len(out) and response.first_audio_queued_at is None:
-                    response.first_audio_queued_at = trio.current_time()
-                    deps.events.emit("output_audio_buffer.started", response_id=response.id)
-                await deps.playout.put(out)
-                response.queued += len(out)
-                response.spoken.append((piece, len(out)))
-        tail = resampler.feed(np.zeros(0, np.int16), last=True)
-        if len(tail):
-            await deps.playout.put(tail)
-            response.queued += len(tail)
+                response.spoken.append((piece, samples))
+        if resampler is not None:
+            await play_out(resampler.feed(np.zeros(0, np.int16), last=True))
 
     def _describe(self, response: _Response, status: str) -> dict[str, Any]:
         """The GA response object (``response.created``/``done``)."""
