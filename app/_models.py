@@ -24,7 +24,7 @@ from models import ModelError, ModelPaths, ModelSet, load_models
 from models.stt import window_frames
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+    from collections.abc import AsyncGenerator, Callable, Hashable, Sequence
 
     import numpy as np
 
@@ -233,7 +233,7 @@ class ModelHub:
 
     async def synthesize(
         self, text: str, priority: Priority, config: SessionConfig
-    ) -> AsyncIterator[tuple[np.ndarray[Any, np.dtype[np.int16]], int]]:
+    ) -> AsyncGenerator[tuple[np.ndarray[Any, np.dtype[np.int16]], int], None]:
         """``text`` spoken, as ``(samples, rate)`` pieces as they come: one piece from the
         embedded voice, a stream from a service (its first audio before its last).
 
