@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,9 @@ import onnxruntime as ort
 from faster_whisper.feature_extractor import FeatureExtractor
 
 from models._errors import INFERENCE_ERRORS, ModelError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 SAMPLE_RATE = 16000
 WINDOW_S = 8
@@ -66,13 +70,19 @@ class SmartTurn:
     window_samples = WINDOW_SAMPLES
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, path: Path | None = None, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        threads: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> None:
         self.path = path or default_model_path()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(
-            str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            str(self.path), sess_options=options, providers=list(providers)
         )
         self._input = self._session.get_inputs()[0].name  # "input_features"
         # Stateless after construction (only reads its filters), so threads may share it.

@@ -75,12 +75,26 @@ def window_frames(n_samples: int) -> int:
 class WhisperStt:
     """Greedy, timestamp-free English transcription of short utterances."""
 
-    def __init__(self, path: Path | None = None, *, threads: int = 2, workers: int = 2) -> None:
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        threads: int = 2,
+        workers: int = 2,
+        device: str = "cpu",
+        compute_type: str = "int8",
+    ) -> None:
+        """Load the model (``device``/``compute_type``: CTranslate2's, e.g. ``"cuda"``/
+        ``"float16"``, from :func:`models.device.ct2_options`)."""
         self.path = path or default_model_path()
+        self.device = device
+        if not self.path.is_dir():
+            # faster-whisper takes anything else for a model name and downloads it
+            raise FileNotFoundError(f"not a CTranslate2 Whisper directory: {self.path}")
         self._model = WhisperModel(
             str(self.path),
-            device="cpu",
-            compute_type="int8",
+            device=device,
+            compute_type=compute_type,
             cpu_threads=threads,
             num_workers=workers,
         )

@@ -7,6 +7,7 @@ onnxruntime session with fixed thread counts) is shared by every session.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +15,9 @@ import onnxruntime as ort
 from piper import PiperVoice, SynthesisConfig
 
 from models._errors import LOAD_ERRORS, ModelError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 FADE_MS = 4  # a few ms of fade at each end: sentence joins never click
 
@@ -28,7 +32,13 @@ def default_voice_path() -> Path:
 class PiperTts:
     """One sentence of text in, int16 mono PCM at :attr:`sample_rate` out."""
 
-    def __init__(self, path: Path | None = None, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        threads: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> None:
         self.path = path or default_voice_path()
         voice = PiperVoice.load(str(self.path))
         options = ort.SessionOptions()
@@ -39,8 +49,10 @@ class PiperTts:
         options.enable_cpu_mem_arena = False
         # PiperVoice.load uses onnxruntime's default of one thread per core; sessions share
         # the CPU with Whisper and Silero, so the thread count is fixed here.
+        # On CUDA (``providers`` from models.device.ort_providers) the arena setting still
+        # covers the CPU allocator; the GPU's buffers live in the CUDA provider's own.
         voice.session = ort.InferenceSession(
-            str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            str(self.path), sess_options=options, providers=list(providers)
         )
         self._voice = voice
         self.sample_rate: int = int(voice.config.sample_rate)

@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
 from models._errors import INFERENCE_ERRORS, ModelError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 FRAME_SAMPLES = 512
 CONTEXT_SAMPLES = 64
@@ -48,14 +52,20 @@ class VadState:
 class SileroVad:
     """Speech probability per 512-sample frame at 16 kHz."""
 
-    def __init__(self, path: Path | None = None, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        threads: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(
             str(path or default_model_path()),
             sess_options=options,
-            providers=["CPUExecutionProvider"],
+            providers=list(providers),
         )
 
     def prob(self, state: VadState, frame: npt.NDArray[np.int16]) -> float:
