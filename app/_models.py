@@ -21,6 +21,7 @@ from app._errors import ApiError
 from app._scheduler import Priority, Scheduler
 from audio import EdgeFade
 from models import ModelError, ModelPaths, ModelSet, load_models
+from models.remote_audio import OpenAiStt, OpenAiTts, RemoteSettings
 from models.stt import window_frames
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
     from app._config import ServerConfig, SessionConfig
     from app._metrics import Metrics
-    from models.remote_audio import OpenAiStt, OpenAiTts, RemoteSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ class SpeechServices:
     @classmethod
     def from_config(cls, c: ServerConfig) -> SpeechServices:
         def remote(url: str, key: str, model: str, timeout_s: float) -> RemoteSettings:
-            from models.remote_audio import RemoteSettings
-
             return RemoteSettings(url, key, model, timeout_s=timeout_s)
 
         return cls(
@@ -165,13 +163,9 @@ class ModelHub:
         cancelled), then the models' load."""
         async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
             if self.services.stt is not None:
-                from models.remote_audio import OpenAiStt
-
                 self._stt = OpenAiStt(client, self.services.stt)
                 log.info("speech recognition: %s", self._stt.label)
             if self.services.tts is not None:
-                from models.remote_audio import OpenAiTts
-
                 self._tts = OpenAiTts(client, self.services.tts)
                 log.info("speech synthesis: %s", self._tts.label)
             await nursery.start(self.scheduler.run)

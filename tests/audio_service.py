@@ -227,9 +227,14 @@ def _read_wav(data: bytes) -> tuple[np.ndarray, int]:
 
 
 async def start_audio_service(
-    nursery: trio.Nursery, service: AudioService, *, models: AudioModels | ModelSet | None = None
+    nursery: trio.Nursery,
+    service: AudioService,
+    *,
+    models: AudioModels | ModelSet | None = None,
+    port: int = 0,
 ) -> AudioService:
-    """Serve ``service`` on an ephemeral loopback port until ``nursery`` ends.
+    """Serve ``service`` on a loopback port (ephemeral unless ``port``) until ``nursery``
+    ends.
 
     ``models`` (anything with ``.stt`` and ``.tts``, e.g. :func:`load_audio_models`'s or
     the app's :class:`models.ModelSet`) saves loading them again.
@@ -239,7 +244,7 @@ async def start_audio_service(
 
     service.models = models or service.models or await trio.to_thread.run_sync(load_audio_models)
     config = Config()
-    config.bind = ["127.0.0.1:0"]
+    config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     config.errorlog = None
     binds = await nursery.start(partial(serve, service.app(), config))
