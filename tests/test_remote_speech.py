@@ -257,3 +257,31 @@ async def test_partials_stay_local_or_go_off(
             assert not deltas
         # finals (and speculative finals at pauses) only: far fewer than one per partial
         assert 1 <= len(transcriptions) <= 4, len(transcriptions)
+
+
+async def test_a_pause_that_was_not_the_end_cancels_its_request(
+    start_server: StartServer, service: AudioService
+) -> None:
+    """The speculative final sent at a pause is really cancelled (the service sees the
+    client go) when the user speaks on."""
+    service.mode = "hang"  # every transcription is still in flight when the speech goes on
+    server = await start_server(**remote(service, stt=True, tts=False, stt_timeout_s=20.0))
+    utterance = corpus.hesitation("piper", pause_s=0.8)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        s = await create_session(
+            client, turn_detection={"type": "server_vad", "silence_duration_ms": 1500}
+        )
+        events = Events()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(events.run, client, s)
+            await events.wait_for("session.created")
+            nursery.start_soon(
+                upload, client, s, realtime_chunks(utterance.samples, then_silence_s=0.3)
+            )
+            with trio.fail_after(20):
+                while service.cancelled == 0:  # noqa: ASYNC110 - the service counts it
+                    await trio.sleep(0.05)
+            asked = sum(r["path"] == "/v1/audio/transcriptions" for r in service.requests)
+            nursery.cancel_scope.cancel()
+    assert asked >= 1
+    assert not events.of("input_audio_buffer.committed")  # the pause was not the end
