@@ -229,7 +229,7 @@ async def test_malformed_arguments_are_an_error_and_the_session_goes_on(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(events.run, client, s)
         await events.wait_for("session.created")
-        await post_events(client, s, say("Weather in Paris?"), CREATE)
+        await post_events(client, s, say("Weather in Paris?"), {**CREATE, "event_id": "evt_p"})
         failed = await events.nth("response.done", 1)
         error = await events.wait_for("error")
         await post_events(client, s, say("Try again?"), CREATE)
@@ -237,6 +237,7 @@ async def test_malformed_arguments_are_an_error_and_the_session_goes_on(
         nursery.cancel_scope.cancel()
     assert failed["response"]["status"] == "failed"
     assert error["error"]["code"] == "invalid_function_call_arguments"
+    assert error["error"]["event_id"] == "evt_p"  # the response.create that asked
     assert "get_weather" in error["error"]["message"]
     assert failed["response"]["output"][0]["status"] == "incomplete"
     assert again["response"]["status"] == "completed"

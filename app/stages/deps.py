@@ -64,6 +64,8 @@ class Deps:
         self.events.emit("error", error=obj)
         return obj
 
-    def model_error(self, model: str, exc: ModelError) -> dict[str, Any]:
+    def model_error(
+        self, model: str, exc: ModelError, *, event_id: str | None = None
+    ) -> dict[str, Any]:
         log.warning("model error (%s): %s", model, exc)
-        return self.error("model_error", f"{model} failed: {exc.message}")
+        return self.error("model_error", f"{model} failed: {exc.message}", event_id=event_id)

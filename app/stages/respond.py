@@ -206,6 +206,7 @@ class _Output:
                     "invalid_function_call_arguments",
                     f"the model's arguments for {item.name} are not a JSON object: "
                     f"{item.arguments[:200]!r}",
+                    event_id=r.spec.event_id,
                 )
                 r.error = r.error or error
                 self.done(item)
@@ -409,7 +410,7 @@ class Responses:
                     status = "failed"
                     exc = group.exceptions[0]
                     assert isinstance(exc, ModelError)
-                    error = deps.model_error(exc.model, exc)
+                    error = deps.model_error(exc.model, exc, event_id=spec.event_id)
                 if response.error is not None and error is None:
                     status, error = "failed", response.error
                 # Completed (or failed part-way): the response lasts until its audio played.
