@@ -17,7 +17,7 @@ import trio
 from tests import corpus
 from tests.audio_service import AudioService, load_audio_models, start_audio_service
 from tests.conftest import create_session, free_port
-from tests.voice import Events, Stream, push_to_talk, realtime_chunks, upload, wer
+from tests.voice import Events, Stream, post_events, push_to_talk, realtime_chunks, upload, wer
 
 if TYPE_CHECKING:
     from tests.conftest import SessionHandle, StartServer
@@ -125,6 +125,22 @@ async def test_session_voice_and_transcription_settings_pass_through(
             },
         )
         await turn(client, s, speech())
+        # a response.create's own voice speaks that response only
+        events = Events()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(events.run, client, s)
+            await events.wait_for("session.created")
+            item = {
+                "type": "conversation.item.create",
+                "item": {"role": "user", "content": [{"type": "input_text", "text": "Hi."}]},
+            }
+            create = {"type": "response.create", "response": {"voice": "shimmer"}}
+            await post_events(client, s, item, create)
+            await events.wait_for("response.done")
+            nursery.cancel_scope.cancel()
+    voices = [r["json"]["voice"] for r in service.requests if r["path"] == "/v1/audio/speech"]
+    assert voices[-1] == "shimmer"
+    assert set(voices[:-1]) == {"nova"}
     form = next(r for r in service.requests if r["path"] == "/v1/audio/transcriptions")["form"]
     assert (form["model"], form["language"], form["prompt"]) == (
         "whisper-large-v3",

@@ -319,13 +319,14 @@ def _parse_response(response: Any, param: str) -> tuple[ResponseSpec, list[Item 
         else:
             raise _bad(where, f"unknown key {key!r}")
     voice, audio = fields.pop("voice", None), fields.pop("audio", None)
-    _check_response_audio(voice, audio, param)
+    fields["voice"] = _response_voice(voice, audio, param)
     if "tools" in fields or "tool_choice" in fields:
         check_tool_choice(fields.get("tools", ()), fields.get("tool_choice", "auto"), param)
     return ResponseSpec(**fields), inputs
 
 
-def _check_response_audio(voice: Any, audio: Any, param: str) -> None:
+def _response_voice(voice: Any, audio: Any, param: str) -> str | None:
+    """The voice a response.create asks for (``None``: the session's)."""
     if audio is not None:
         if not isinstance(audio, dict) or set(audio) - {"output"}:
             raise _bad(f"{param}.audio", "audio is {'output': {'voice', 'format'}}")
@@ -342,14 +343,19 @@ def _check_response_audio(voice: Any, audio: Any, param: str) -> None:
                     "voxwire speaks audio/pcm",
                     param=f"{param}.audio.output.format",
                 )
+    if voice is None:
+        return None
+    if not isinstance(voice, str) or not 0 < len(voice) <= 64:
+        raise _bad(f"{param}.voice", "voice must be a voice name")
     voices = server_config().caps().voices
-    if voice is not None and voices is not None and voice not in voices:
+    if voices is not None and voice not in voices:
         raise ApiError(
             422,
             "unsupported_value",
             f"voice {voice!r} is not available; voices: {', '.join(voices)}",
             param=f"{param}.voice",
         )
+    return voice
 
 
 @dataclass(slots=True)
@@ -448,7 +454,11 @@ def _check(session: Session, events: list[_Event]) -> list[Any]:
                 if event.kind == "conversation.item.delete":
                     known.discard(event.parsed)
             elif event.kind == "conversation.item.truncate":
-                session.check_truncate(*event.parsed)
+                try:
+                    session.check_truncate(*event.parsed)
+                except ApiError as error:
+                    error.param = f"[{index}].{error.param}"
+                    raise
             elif event.kind == "response.create":
                 spec, inputs = event.parsed
                 if inputs or spec.input is not None:

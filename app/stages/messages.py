@@ -63,6 +63,7 @@ class ResponseSpec:
     tool_choice: str | dict[str, Any] | None = None
     max_output_tokens: int | None = None
     temperature: float | None = None
+    voice: str | None = None
     event_id: str | None = None  # the client event, named in error events
 
 

@@ -8,6 +8,7 @@ playout, and :meth:`Responses.resume` carries on where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from contextlib import aclosing
@@ -385,6 +386,8 @@ class Responses:
         deps = self._deps
         config = deps.config()
         spec = turn.spec or ResponseSpec()
+        if spec.voice is not None:  # this response only
+            config = dataclasses.replace(config, voice=spec.voice)
         response = _Response(
             new_id("resp_"),
             turn,
