@@ -31,12 +31,20 @@ def free_port() -> int:
 
 
 class Server:
-    """``run.py`` in a subprocess, its log in a file."""
+    """``run.py`` in a subprocess, its log in a file; ``env`` is added to (and wins over)
+    this process's environment."""
 
-    def __init__(self, log_path: Path, *args: str, ready_path: str = "/healthz") -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        *args: str,
+        ready_path: str = "/healthz",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = log_path
         self.args = args
         self.ready_path = ready_path
+        self.env = dict(env or {})
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.ps: psutil.Process | None = None
@@ -51,7 +59,7 @@ class Server:
 
     def spawn(self) -> None:
         self.port = free_port()
-        env = dict(os.environ)
+        env = dict(os.environ) | self.env
         env.setdefault("VOXWIRE_MAX_SESSIONS", "1000")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

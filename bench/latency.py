@@ -46,6 +46,29 @@ as "not available".
 ``--llm`` runs the ``llm`` responder against the tests' OpenAI-compatible fake server
 (started in this process) with a fixed time to first token and token rate, and prints how
 end of speech → first audio splits into transcript + first token + first sentence + TTS.
+
+Speech models as services: ``--stt openai`` and/or ``--tts openai`` start the tests'
+OpenAI-compatible audio service (tests/audio_service.py: the embedded Whisper tiny.en and
+Piper behind ``/v1/audio/transcriptions`` and ``/v1/audio/speech``, speech streamed in
+20 ms pieces in real time) in this process, and run the same turns (same sentences, same
+voices) twice, each on its own ``run.py`` process: first with the local models (the
+baseline), then with ``VOXWIRE_STT_BACKEND``/``VOXWIRE_TTS_BACKEND=openai`` pointed at the
+service (``--stt-partials`` sets ``VOXWIRE_STT_PARTIALS``; the server's default is
+``local``: partial transcripts stay on the embedded Whisper). The tables then have both
+columns per mode, and three more rows:
+
+- voxwire server CPU per talking session: the ``run.py`` process's CPU over the mode's run
+  (one talking session), in % of one core;
+- bench process CPU: the client plus, with remote models, the audio service's inference;
+- the requests the service saw per turn (transcriptions / speech), by when they arrived.
+
+The service shares the same 2 cores as voxwire and the client, so its inference cost
+lands in this process and slows everything a little; which is why the server's own CPU
+per session, not the latency, is the sizing figure: with the models elsewhere, sessions
+per voxwire core ≈ 100 % / that figure (docs: bench/README.md, deploy/README.md).
+
+    .venv/bin/python bench/latency.py --stt openai --tts openai --modes server_vad:500 \
+        --turns 4 --hesitations 0 --commands 0
 """
 
 from __future__ import annotations
@@ -63,6 +86,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import trio
 from _common import ROOT, Server
 
@@ -388,6 +412,8 @@ class Figures:
     split: int = 0
     missed: int = 0
     cut_in_pause: int = 0  # hesitation: a reply started during the pause
+    # requests the audio service saw during these turns, by route ("stt", "tts")
+    requests: dict[str, int] = field(default_factory=dict)
 
     def add(self, key: str, v: float) -> None:
         self.values.setdefault(key, []).append(v)
@@ -451,6 +477,34 @@ def measure(turns: list[Turn], events: Events, playback: Playback) -> dict[str, 
     return out
 
 
+SERVICE_ROUTES = {"/v1/audio/transcriptions": "stt", "/v1/audio/speech": "tts"}
+
+
+class StampedRequests(list):  # type: ignore[type-arg]
+    """The audio service's request log, each entry stamped with its trio arrival time
+    (the service runs in this process, on this clock)."""
+
+    def append(self, entry: Any) -> None:
+        entry["at"] = trio.current_time()
+        super().append(entry)
+
+
+def count_requests(
+    turns: list[Turn], requests: list[dict[str, Any]], out: dict[str, Figures]
+) -> None:
+    """Attribute each service request to the turn it arrived in (from the turn's first
+    uploaded sample to the next turn's) and add it to that turn kind's ``requests``."""
+    for f in out.values():
+        f.requests = {"stt": 0, "tts": 0}
+    for r in requests:
+        route = SERVICE_ROUTES.get(r.get("path", ""))
+        at = r.get("at", math.nan)
+        for turn in turns:
+            if route and turn.start_at <= at < turn.next_at and turn.kind in out:
+                out[turn.kind].requests[route] += 1
+                break
+
+
 def dump(path: Path, mode: str, turns: list[Turn], events: Events) -> None:
     """Append one JSON line: the turns and every event, times relative to the first."""
     t0 = events.got[0][0] if events.got else 0.0
@@ -492,7 +546,11 @@ def table(
     cpu: dict[str, float],
     *,
     rows: tuple[str, ...],
+    remote: dict[str, bool] | None = None,
+    bench_cpu: dict[str, float] | None = None,
 ) -> None:
+    """``remote`` (column → whether it ran on the audio service) and ``bench_cpu``: the
+    side-by-side run of ``--stt``/``--tts openai``; without them the table is as it was."""
     modes = list(results)
     print(f"\n== {title}")
     print("| figure (p50 / p95) | " + " | ".join(f"`{m}`" for m in modes) + " |")
@@ -517,11 +575,82 @@ def table(
     line("turns split / missed", lambda f: f"{f.split} / {f.missed} of {f.turns}")
     if kind == "hesitation":
         line("reply audio during the pause", lambda f: f"{f.cut_in_pause} of {f.turns}")
+    if remote is not None:
+
+        def per_turn(m: str, f: Figures) -> str:
+            if not remote.get(m):
+                return "— (local models)"
+            n = max(1, f.turns)
+            return f"{f.requests.get('stt', 0) / n:.1f} / {f.requests.get('tts', 0) / n:.1f}"
+
+        cells = []
+        for m in modes:
+            r = results[m]
+            if isinstance(r, str):
+                cells.append("not available")
+            elif kind not in r:
+                cells.append("n/a")
+            else:
+                cells.append(per_turn(m, r[kind]))
+        print("| service requests per turn: transcriptions / speech | " + " | ".join(cells) + " |")
     cells = [
         "not available" if isinstance(results[m], str) else f"{cpu.get(m, math.nan):.0%}"
         for m in modes
     ]
-    print("| server CPU over the session (of one core) | " + " | ".join(cells) + " |")
+    if remote is None:
+        print("| server CPU over the session (of one core) | " + " | ".join(cells) + " |")
+        return
+    print(
+        "| **voxwire server CPU per talking session** (of one core) | " + " | ".join(cells) + " |"
+    )
+    cells = [
+        "not available"
+        if isinstance(results[m], str)
+        else f"{(bench_cpu or {}).get(m, math.nan):.0%}"
+        for m in modes
+    ]
+    label = "bench process CPU (client + audio service when remote)"
+    print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+LOCAL_ENV = {"VOXWIRE_STT_BACKEND": "local", "VOXWIRE_TTS_BACKEND": "local"}
+
+
+def remote_env(args: argparse.Namespace, url: str) -> dict[str, str]:
+    """The second server's environment: the chosen models on the service at ``url``."""
+    env = dict(LOCAL_ENV)
+    if args.stt == "openai":
+        env |= {"VOXWIRE_STT_BACKEND": "openai", "VOXWIRE_STT_BASE_URL": url}
+        if args.stt_partials:
+            env["VOXWIRE_STT_PARTIALS"] = args.stt_partials
+    if args.tts == "openai":
+        env |= {"VOXWIRE_TTS_BACKEND": "openai", "VOXWIRE_TTS_BASE_URL": url}
+    return env
+
+
+def remote_label(args: argparse.Namespace) -> str:
+    parts = [name for name in ("stt", "tts") if getattr(args, name) == "openai"]
+    return "+".join(parts) + " remote"
+
+
+def describe(env: dict[str, str]) -> str:
+    return ", ".join(f"{k.removeprefix('VOXWIRE_')}={v}" for k, v in env.items())
+
+
+async def start_service(nursery: trio.Nursery) -> Any:
+    """tests/audio_service.py in this process (imported here: it loads quart and the
+    models), its request log stamped with arrival times."""
+    from tests.audio_service import AudioService, load_audio_models, start_audio_service
+
+    t0 = trio.current_time()
+    models = await trio.to_thread.run_sync(load_audio_models)
+    service = AudioService(requests=StampedRequests())
+    await start_audio_service(nursery, service, models=models)
+    print(
+        f"audio service (tests/audio_service.py, Whisper tiny.en + Piper, in the bench "
+        f"process) on {service.url}, loaded in {trio.current_time() - t0:.1f} s"
+    )
+    return service
 
 
 LLM_REPLY = (
@@ -543,7 +672,26 @@ async def main() -> None:
     parser.add_argument("--llm", action="store_true", help="llm responder, fake server")
     parser.add_argument("--ttft-ms", type=int, default=300, help="fake LLM first token")
     parser.add_argument("--token-ms", type=int, default=50, help="fake LLM per token")
+    parser.add_argument(
+        "--stt",
+        choices=["local", "openai"],
+        default="local",
+        help="openai: also run the turns with STT on the tests' audio service",
+    )
+    parser.add_argument(
+        "--tts",
+        choices=["local", "openai"],
+        default="local",
+        help="openai: also run the turns with TTS on the tests' audio service",
+    )
+    parser.add_argument(
+        "--stt-partials",
+        choices=["local", "remote", "off"],
+        help="VOXWIRE_STT_PARTIALS of the remote run (with --stt openai; default: the server's)",
+    )
     args = parser.parse_args()
+    if args.stt_partials and args.stt != "openai":
+        parser.error("--stt-partials needs --stt openai")
     async with trio.open_nursery() as nursery:
         await run(args, nursery)
         nursery.cancel_scope.cancel()
@@ -580,40 +728,66 @@ async def run(args: argparse.Namespace, nursery: trio.Nursery) -> None:
         )
     turns0 = plan(args, voices)  # renders (or loads) the audio before the server starts
     speech = [t.utt.speech_s for t in turns0 if t.kind == "conversation"]
-    server = Server(log_path, ready_path="/readyz")
-    await server.start()
-    print(f"voxwire latency bench: server on {server.base_url}, log {log_path}")
-    if speech:
-        print(
-            f"conversational turns: {len(speech)}, speech {np.mean(speech):.1f} s mean "
-            f"({min(speech):.1f}-{max(speech):.1f} s), voices {', '.join(voices)}, "
-            f"1 in {args.noise_every} with pink noise at {NOISE_DB:g} dB SNR"
-        )
+    service = None
+    # (column suffix, extra server env): one run.py process each, one after the other
+    setups: list[tuple[str, dict[str, str]]] = [("", {})]
+    if args.stt == "openai" or args.tts == "openai":
+        service = await start_service(nursery)
+        setups = [("local", LOCAL_ENV), (remote_label(args), remote_env(args, service.url))]
     results: dict[str, dict[str, Figures] | str] = {}
     cpu: dict[str, float] = {}
-    try:
-        for mode in modes:
-            turns = plan(args, voices)
-            cpu0, t0 = server.cpu_s(), trio.current_time()
-            try:
-                events, playback = await converse(
-                    server.base_url,
-                    turns,
-                    mode,
-                    responder=responder,
-                    full_replies=args.full_replies,
-                )
-            except NotAvailable as exc:
-                print(f"{mode}: not available ({exc})")
-                results[mode] = "not available"
-                continue
-            cpu[mode] = (server.cpu_s() - cpu0) / (trio.current_time() - t0)
-            results[mode] = measure(turns, events, playback)
-            if args.dump:
-                dump(args.dump, mode, turns, events)
-            print(f"{mode}: done in {trio.current_time() - t0:.0f} s")
-    finally:
-        server.stop()
+    bench_cpu: dict[str, float] = {}
+    remote: dict[str, bool] = {}
+    me = psutil.Process()
+    for n, (suffix, env) in enumerate(setups):
+        log = log_path if not n else log_path.with_name(f"server-{n}.log")
+        server = Server(log, ready_path="/readyz", env=env)
+        await server.start()
+        what = f" ({suffix}: {describe(env)})" if suffix else ""
+        print(f"voxwire latency bench{what}: server on {server.base_url}, log {log}")
+        if speech and not n:
+            print(
+                f"conversational turns: {len(speech)}, speech {np.mean(speech):.1f} s mean "
+                f"({min(speech):.1f}-{max(speech):.1f} s), voices {', '.join(voices)}, "
+                f"1 in {args.noise_every} with pink noise at {NOISE_DB:g} dB SNR"
+            )
+        try:
+            for mode in modes:
+                column = f"{mode} {suffix}" if suffix else mode
+                remote[column] = bool(n)
+                turns = plan(args, voices)
+                cpu0, t0 = server.cpu_s(), trio.current_time()
+                mine0 = sum(me.cpu_times()[:2])
+                try:
+                    events, playback = await converse(
+                        server.base_url,
+                        turns,
+                        mode,
+                        responder=responder,
+                        full_replies=args.full_replies,
+                    )
+                except NotAvailable as exc:
+                    print(f"{column}: not available ({exc})")
+                    results[column] = "not available"
+                    continue
+                wall = trio.current_time() - t0
+                cpu[column] = (server.cpu_s() - cpu0) / wall
+                bench_cpu[column] = (sum(me.cpu_times()[:2]) - mine0) / wall
+                figures = measure(turns, events, playback)
+                if service is not None:
+                    count_requests(turns, service.requests, figures)
+                results[column] = figures
+                if args.dump:
+                    dump(args.dump, column, turns, events)
+                print(f"{column}: done in {wall:.0f} s")
+        finally:
+            server.stop()
+    compare: dict[str, Any] = {}
+    if service is not None:
+        # each mode's columns side by side: local, then remote
+        order = [c for m in modes for c in results if c.split(" ", 1)[0] == m]
+        results = {c: results[c] for c in dict.fromkeys(order)}
+        compare = {"remote": remote, "bench_cpu": bench_cpu}
     extra = ("transcript_to_first_token", "first_token_to_first_byte") if args.llm else ()
     base = ("eos_first_audio", "eos_transcript", "server_committed")
     partial = ("onset_partial", "detected_partial")
@@ -624,6 +798,7 @@ async def run(args: argparse.Namespace, nursery: trio.Nursery) -> None:
             results,
             cpu,
             rows=(*base, *partial, *extra),
+            **compare,
         )
     if args.hesitations:
         table(
@@ -632,6 +807,7 @@ async def run(args: argparse.Namespace, nursery: trio.Nursery) -> None:
             results,
             cpu,
             rows=(*base, *extra),
+            **compare,
         )
     if args.commands:
         table(
@@ -640,6 +816,7 @@ async def run(args: argparse.Namespace, nursery: trio.Nursery) -> None:
             results,
             cpu,
             rows=(*base, *partial, "barge_onset_silence", "barge_silence", *extra),
+            **compare,
         )
 
 
