@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 from faster_whisper.feature_extractor import FeatureExtractor
 
 from models._errors import INFERENCE_ERRORS, ModelError
+from models._onnx import CPU
+from models._onnx import session as onnx_session
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -75,15 +76,10 @@ class SmartTurn:
         path: Path | None = None,
         *,
         threads: int = 1,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[str] = CPU,
     ) -> None:
         self.path = path or default_model_path()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(self.path), sess_options=options, providers=list(providers)
-        )
+        self._session = onnx_session(self.path, threads=threads, providers=providers)
         self._input = self._session.get_inputs()[0].name  # "input_features"
         # Stateless after construction (only reads its filters), so threads may share it.
         self._mel = FeatureExtractor(

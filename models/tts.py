@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 from piper import PiperVoice, SynthesisConfig
 
 from models._errors import LOAD_ERRORS, ModelError
+from models._onnx import CPU
+from models._onnx import session as onnx_session
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,23 +38,15 @@ class PiperTts:
         path: Path | None = None,
         *,
         threads: int = 1,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[str] = CPU,
     ) -> None:
         self.path = path or default_voice_path()
         voice = PiperVoice.load(str(self.path))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Every sentence has another input length: onnxruntime's arena would keep growing
-        # and fragmenting with the shapes (RSS creep in bench/soak.py); plain malloc frees.
-        options.enable_cpu_mem_arena = False
         # PiperVoice.load uses onnxruntime's default of one thread per core; sessions share
-        # the CPU with Whisper and Silero, so the thread count is fixed here.
-        # On CUDA (``providers`` from models.device.ort_providers) the arena setting still
-        # covers the CPU allocator; the GPU's buffers live in the CUDA provider's own.
-        voice.session = ort.InferenceSession(
-            str(self.path), sess_options=options, providers=list(providers)
-        )
+        # the CPU with Whisper and Silero, so the session is opened again here. Every
+        # sentence has another input length: no arena (see models/_onnx.py). On CUDA the
+        # arena setting covers only the CPU allocator.
+        voice.session = onnx_session(self.path, threads=threads, providers=providers, arena=False)
         self._voice = voice
         self.sample_rate: int = int(voice.config.sample_rate)
 

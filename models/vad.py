@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from models._errors import INFERENCE_ERRORS, ModelError
+from models._onnx import CPU
+from models._onnx import session as onnx_session
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -57,15 +58,10 @@ class SileroVad:
         path: Path | None = None,
         *,
         threads: int = 1,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[str] = CPU,
     ) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(path or default_model_path()),
-            sess_options=options,
-            providers=list(providers),
+        self._session = onnx_session(
+            path or default_model_path(), threads=threads, providers=providers
         )
 
     def prob(self, state: VadState, frame: npt.NDArray[np.int16]) -> float:

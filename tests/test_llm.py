@@ -13,7 +13,7 @@ import trio
 from tests.conftest import create_session
 from tests.fake_llm import FakeLlm, start_fake_llm
 from tests.speech import synthesize
-from tests.voice import Events, Stream, post_events, push_to_talk, wer
+from tests.voice import Events, Stream, post_events, push_to_talk, say, wer
 
 if TYPE_CHECKING:
     from tests.conftest import Running, StartServer
@@ -45,17 +45,6 @@ async def llm_server(start_server: StartServer, fake: FakeLlm) -> Running:
 async def client(llm_server: Running) -> Any:
     async with httpx.AsyncClient(base_url=llm_server.url, timeout=30) as c:
         yield c
-
-
-def say(text: str) -> dict[str, Any]:
-    return {
-        "type": "conversation.item.create",
-        "item": {
-            "type": "message",
-            "role": "user",
-            "content": [{"type": "input_text", "text": text}],
-        },
-    }
 
 
 CREATE = {"type": "response.create"}

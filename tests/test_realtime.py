@@ -16,7 +16,7 @@ import trio
 
 from tests import corpus
 from tests.conftest import create_session
-from tests.voice import Events, Stream, post_events, push_to_talk, wer
+from tests.voice import Events, Stream, post_events, push_to_talk, say, wer
 
 if TYPE_CHECKING:
     import httpx
@@ -38,18 +38,6 @@ BETA_ONLY = (
     "response.audio.done",
     "conversation.item.created",
 )
-
-
-def say(text: str, **item: Any) -> dict[str, Any]:
-    return {
-        "type": "conversation.item.create",
-        "item": {
-            "type": "message",
-            "role": "user",
-            "content": [{"type": "input_text", "text": text}],
-            **item,
-        },
-    }
 
 
 async def spoken_turn(

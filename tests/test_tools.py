@@ -17,7 +17,7 @@ import trio
 from tests import corpus
 from tests.conftest import create_session
 from tests.fake_llm import Call, FakeLlm, Turn, start_fake_llm
-from tests.voice import Events, Stream, post_events, push_to_talk, wer
+from tests.voice import Events, Stream, post_events, push_to_talk, say, wer
 
 if TYPE_CHECKING:
     from tests.conftest import Running, SessionHandle, StartServer
@@ -34,17 +34,6 @@ WEATHER = {
 }
 TIME = {"type": "function", "name": "get_time", "description": "The time now"}
 CREATE = {"type": "response.create"}
-
-
-def say(text: str) -> dict[str, Any]:
-    return {
-        "type": "conversation.item.create",
-        "item": {
-            "type": "message",
-            "role": "user",
-            "content": [{"type": "input_text", "text": text}],
-        },
-    }
 
 
 def output(call_id: str, result: dict[str, Any]) -> dict[str, Any]:

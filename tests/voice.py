@@ -198,6 +198,19 @@ async def upload(
     assert r.status_code == 204, r.text
 
 
+def say(text: str, **item: Any) -> dict[str, Any]:
+    """conversation.item.create of a user text message (``item`` adds keys, e.g. ``id``)."""
+    return {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+            **item,
+        },
+    }
+
+
 async def post_events(client: httpx.AsyncClient, s: SessionHandle, *events: Any) -> None:
     r = await client.post(f"/api/sessions/{s.id}/events", headers=s.auth, json=list(events))
     assert r.status_code == 200, r.text
