@@ -102,6 +102,11 @@ class ServerConfig:
     # playout
     playout_frame_ms: int = 20
     playout_lead_ms: int = 100
+    # A stream is written this much audio at a time (whole frames, at least one): 40 ms
+    # halves the socket writes of one per frame, for 20 ms of the lead's jitter margin (a
+    # client holds lead - 20 to lead + 20 ms; bench/README.md, transport.py). Keep it under
+    # the lead.
+    stream_write_ms: int = 40
     playout_max_s: float = 30.0
     reader_queue_ms: int = 2000
     # How much of the audio stream is kept for `stream_audio?from_ms=` after a drop.

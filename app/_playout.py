@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_PREFILL_BYTES = 1024  # Safari wants ~1 KiB before it starts; URLSession holds 512 B.
-# A session's stream is written this much audio at a time (whole frames, at least one):
-# half the socket writes of one per 20 ms frame, for 20 ms of the lead's jitter margin
-# (a client holds lead - 20 to lead + 20 ms; bench/README.md, transport.py).
-STREAM_WRITE_MS = 40
 
 
 class Reader:

@@ -23,7 +23,7 @@ from app._pipeline import (
     Frame,
     Pipeline,
 )
-from app._playout import STREAM_WRITE_MS, Playout, StreamStart
+from app._playout import Playout, StreamStart
 from app._realtime import ga_session
 from audio import AudioChunk, Framer, PcmDecoder, StreamResampler
 
@@ -141,7 +141,7 @@ class Session:
             max_s=server.playout_max_s,
             reader_queue_ms=server.reader_queue_ms,
             resume_ms=server.stream_resume_ms,
-            write_frames=max(1, STREAM_WRITE_MS // server.playout_frame_ms),
+            write_frames=max(1, server.stream_write_ms // server.playout_frame_ms),
             metrics=metrics,
             on_reader_dropped=self._reader_dropped,
         )

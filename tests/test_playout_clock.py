@@ -3,6 +3,8 @@ stream, hand-over when its driver ends, and the lead bounds with two-frame write
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 import trio
@@ -10,6 +12,9 @@ import trio.testing
 
 from app._metrics import Metrics
 from app._playout import Playout, PlayoutClock, Reader
+
+if TYPE_CHECKING:
+    from tests.conftest import StartServer
 
 RATE = 16000
 FRAME_S = 0.02
@@ -154,3 +159,38 @@ async def test_takeover_gives_the_old_reader_its_pulled_frame(
         assert len(first) == 1280
         assert playout.ticks == ticks + 2
         nursery.cancel_scope.cancel()
+
+
+async def test_the_write_size_is_a_server_setting(start_server: StartServer) -> None:
+    """``VOXWIRE_STREAM_WRITE_MS``: a live stream's body chunks carry that much audio."""
+    import httpx
+
+    from tests.conftest import create_session
+
+    server = await start_server(stream_write_ms=60)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        s = await create_session(client, responder="loopback")
+    host, port = server.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    request = (
+        f"GET /api/sessions/{s.id}/stream_audio HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {s.token}\r\n\r\n"
+    )
+    await stream.send_all(request.encode())
+    data = b""
+    with trio.move_on_after(1.2):
+        while True:
+            data += await stream.receive_some(65536)
+    await stream.aclose()
+    body = data.split(b"\r\n\r\n", 1)[1]
+    sizes = []
+    while b"\r\n" in body:
+        line, rest = body.split(b"\r\n", 1)
+        size = int(line, 16)
+        if len(rest) < size + 2:
+            break
+        sizes.append(size)
+        body = rest[size + 2 :]
+    live = sizes[1:]  # after the prelude (header and lead)
+    assert len(live) >= 10, sizes
+    assert set(live) == {16000 * 60 // 1000 * 2}, sizes  # 60 ms of 16 kHz PCM16
