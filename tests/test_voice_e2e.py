@@ -126,11 +126,20 @@ async def test_a_spoken_sentence_is_transcribed_and_spoken_back(
     deltas = events.of("conversation.item.input_audio_transcription.delta")
     if not deltas:
         # Partials are the first thing to give on a loaded CPU (app/_scheduler.py): a 2 s
-        # sentence may end before one is decoded. Then the server must show it was slow.
+        # sentence may end before one is decoded. Then the server must show it was slow,
+        # or that partials were decoded while the user spoke and held no words yet (the
+        # first 0.3-1 s of a sentence often decode to nothing).
         skipped = await metric(client, "voxwire_partials_skipped_total")
         stt_s = await metric(client, 'voxwire_inference_seconds_sum{model="stt"}')
         stt_n = await metric(client, 'voxwire_inference_seconds_count{model="stt"}')
-        assert skipped > 0 or stt_s / stt_n >= 0.25, (skipped, stt_s, stt_n, types)
+        partials = await metric(client, 'voxwire_scheduler_wait_seconds_count{priority="partial"}')
+        assert skipped > 0 or stt_s / stt_n >= 0.25 or partials >= 2, (
+            skipped,
+            stt_s,
+            stt_n,
+            partials,
+            types,
+        )
     assert all(d["item_id"] == completed["item_id"] for d in deltas)
     if deltas:
         assert (
