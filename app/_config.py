@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 SUPPORTED_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 RESPONDERS = ("echo", "llm", "none", "loopback")
 BACKENDS = ("local", "openai")
-VOICES = ("joe",)
+VOICES = ("joe",)  # the embedded voice (VOICES[0]); a TTS service has its own
+TRANSCRIPTION_MODELS = ("whisper-tiny.en",)  # the embedded Whisper
+TRANSCRIPTION_LANGUAGES = ("en",)
 Responder = Literal["echo", "llm", "none", "loopback"]
 
 
@@ -247,15 +249,13 @@ class TurnDetection:
 class Caps:
     """What a session may ask for (``None``: anything, a remote service decides)."""
 
-    voices: tuple[str, ...] | None = ("joe",)
-    transcription_models: tuple[str, ...] | None = ("whisper-tiny.en",)
-    languages: tuple[str, ...] | None = ("en",)
+    voices: tuple[str, ...] | None = VOICES
+    transcription_models: tuple[str, ...] | None = TRANSCRIPTION_MODELS
+    languages: tuple[str, ...] | None = TRANSCRIPTION_LANGUAGES
     prompts: bool = False
 
 
 MODALITIES = ("audio", "text")
-TRANSCRIPTION_MODELS = ("whisper-tiny.en",)
-TRANSCRIPTION_LANGUAGES = ("en",)
 TOOL_CHOICES = ("auto", "none", "required")
 MAX_TOOLS = 128
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -271,7 +271,7 @@ class SessionConfig:
     """
 
     instructions: str = "You are a helpful assistant."
-    voice: str = "joe"
+    voice: str = VOICES[0]
     input_sample_rate: int = 16000
     output_sample_rate: int = 16000
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)

@@ -10,7 +10,10 @@ an output with its call), as chat-completions servers refuse one without the oth
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 Role = Literal["user", "assistant", "system"]
 ItemType = Literal["message", "function_call", "function_call_output"]
@@ -171,11 +174,13 @@ class Conversation:
                 out.append(item.message())
         return system + out
 
-    def last_user_text(self) -> str:
-        for item in reversed(self.items):
-            if item.type == "message" and item.role == "user" and item.text:
-                return item.text
-        return ""
+
+def last_user_text(items: Sequence[Item]) -> str:
+    """The latest user message's text (what the echo says back)."""
+    for item in reversed(items):
+        if item.type == "message" and item.role == "user" and item.text:
+            return item.text
+    return ""
 
 
 def spoken_prefix(spoken: list[tuple[str, int]], played_samples: int) -> str:

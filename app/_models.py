@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import httpx
 import trio
 
+from app._config import TRANSCRIPTION_MODELS, VOICES
 from app._errors import ApiError
 from app._scheduler import Priority, Scheduler
 from audio import EdgeFade
@@ -202,8 +203,9 @@ class ModelHub:
             try:
                 return await self._stt.transcribe(
                     audio,
+                    # the embedded model's name means: the service's default
                     model=None
-                    if config.transcription_model == "whisper-tiny.en"
+                    if config.transcription_model == TRANSCRIPTION_MODELS[0]
                     else config.transcription_model,
                     language=config.transcription_language or None,
                     prompt=config.transcription_prompt or None,
@@ -235,7 +237,7 @@ class ModelHub:
             ModelError: the model or service failed (and no fallback was taken).
         """
         if self._tts is not None:
-            voice = self.services.tts_voice if config.voice == "joe" else config.voice
+            voice = self.services.tts_voice if config.voice == VOICES[0] else config.voice
             rate = self._tts.sample_rate
             fade = EdgeFade(rate)
             sent = False

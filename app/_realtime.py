@@ -128,14 +128,15 @@ def beta_session(session: dict[str, Any]) -> dict[str, Any]:
 
 
 def chat_tools(tools: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Realtime function tools in chat-completions form."""
+    """Realtime function tools (as :func:`app._config.parse_tools` made them, every key
+    filled in) in chat-completions form."""
     return [
         {
             "type": "function",
             "function": {
                 "name": t["name"],
-                "description": t.get("description", ""),
-                "parameters": t.get("parameters", {"type": "object", "properties": {}}),
+                "description": t["description"],
+                "parameters": t["parameters"],
             },
         }
         for t in tools

@@ -526,30 +526,13 @@ class Session:
         frame, self.latest_frame = self.latest_frame, None
         return frame
 
-    def check_item(self, item: Item, previous_item_id: str | None) -> None:
-        """Whether conversation.item.create can add ``item`` (nothing applied).
-
-        Raises:
-            ApiError: 400 for an id already in use or an unknown ``previous_item_id``.
-        """
-        conversation = self.pipeline.conversation
-        if conversation.get(item.id) is not None:
-            raise ApiError(
-                400,
-                "item_id_exists",
-                f"item {item.id!r} is already in the conversation",
-                param="item.id",
-            )
-        if previous_item_id and conversation.get(previous_item_id) is None:
-            raise self.item_not_found(previous_item_id, "previous_item_id")
-
     def item_not_found(self, item_id: str, param: str = "item_id") -> ApiError:
         return ApiError(
             400, "item_not_found", f"no item {item_id!r} in the conversation", param=param
         )
 
     def add_item(self, item: Item, previous_item_id: str | None) -> None:
-        """conversation.item.create (checked by :meth:`check_item`); the latest camera
+        """conversation.item.create (checked by app/_client_events.py); the latest camera
         frame joins a user message."""
         if item.type == "message" and item.role == "user":
             frame = self.take_frame()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import trio
 
-from app._conversation import Item, spoken_prefix
+from app._conversation import Item, last_user_text, spoken_prefix
 from app._realtime import chat_tool_choice, chat_tools
 from app._scheduler import Priority
 from app.stages.messages import Int16, ResponseSpec, UserTurn, new_id
@@ -264,15 +264,8 @@ class Responses:
         if self._requests is None:
             raise trio.WouldBlock
         now = trio.current_time()
-        items = self._deps.conversation.items if spec.input is None else list(spec.input)
-        text = next(
-            (
-                i.text
-                for i in reversed(items)
-                if i.type == "message" and i.role == "user" and i.text
-            ),
-            "",
-        )
+        items = self._deps.conversation.items if spec.input is None else spec.input
+        text = last_user_text(items)
         self._requests.send_nowait(UserTurn("", text, now, now, now, None, spec))
 
     def pause(self) -> None:
