@@ -109,9 +109,8 @@ async def test_the_beta_switch_gives_the_beta_names(client: httpx.AsyncClient, w
     from tests.conftest import SessionHandle
 
     s = SessionHandle(body["id"], body["token"], body["urls"], body)
-    events = Events(beta=True)
-    if where == "creation":  # a plain reader: the session's choice holds
-        events.run = _plain_run(events)  # type: ignore[method-assign]
+    # on creation, a plain reader: the session's choice holds
+    events = Events(beta=True, beta_header=where == "stream")
     speech = corpus.utterance(SENTENCE, "piper").padded(0.3, 0.3)
     await spoken_turn(client, s, events, speech.samples)
     types = set(events.types())
@@ -124,29 +123,6 @@ async def test_the_beta_switch_gives_the_beta_names(client: httpx.AsyncClient, w
     assert "audio" not in created
     (done,) = events.of("response.done")
     assert done["response"]["output"][0]["content"][0]["type"] == "audio"
-
-
-def _plain_run(events: Events) -> Any:
-    """Events.run without the beta header (still validated as beta)."""
-
-    async def run(client: httpx.AsyncClient, s: SessionHandle) -> None:
-        import json
-
-        from httpx_sse import aconnect_sse
-
-        from tests.realtime_schema import check_event
-
-        url = f"/api/sessions/{s.id}/events"
-        async with aconnect_sse(client, "GET", url, headers=s.auth) as source:
-            async for sse in source.aiter_sse():
-                if sse.data:
-                    payload = json.loads(sse.data)
-                    check_event(payload, beta=True)
-                    events.got.append((trio.current_time(), payload))
-                    events._changed.set()
-                    events._changed = trio.Event()
-
-    return run
 
 
 GA_UPDATE = {

@@ -50,12 +50,14 @@ class Events:
     """Records a session's SSE events with their arrival (trio) times.
 
     Every event is checked against the ``openai`` SDK's models as it arrives (GA, or beta
-    with ``beta=True``, which also sends ``OpenAI-Beta: realtime=v1``): an invalid one
-    fails the test. ``extensions`` asks for voxwire's own events too.
+    with ``beta=True``, which also sends ``OpenAI-Beta: realtime=v1`` unless
+    ``beta_header=False``, for a session created with it): an invalid one fails the test.
+    ``extensions`` asks for voxwire's own events too.
     """
 
     got: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     beta: bool = False
+    beta_header: bool = True
     extensions: bool = False
     _changed: trio.Event = field(default_factory=trio.Event)
 
@@ -63,7 +65,8 @@ class Events:
         url = f"/api/sessions/{s.id}/events"
         if self.extensions:
             url += "?voxwire_events=true"
-        headers = s.auth | ({"OpenAI-Beta": "realtime=v1"} if self.beta else {})
+        beta_header = self.beta and self.beta_header
+        headers = s.auth | ({"OpenAI-Beta": "realtime=v1"} if beta_header else {})
         async with aconnect_sse(client, "GET", url, headers=headers) as source:
             async for sse in source.aiter_sse():
                 if sse.data:
