@@ -16,7 +16,13 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app._config import check_tool_choice, parse_modalities, parse_tool_choice, parse_tools
+from app._config import (
+    check_tool_choice,
+    check_voice,
+    parse_modalities,
+    parse_tool_choice,
+    parse_tools,
+)
 from app._conversation import Item
 from app._errors import ApiError
 from app.stages.messages import ResponseSpec, new_item_id
@@ -262,14 +268,7 @@ def _response_voice(voice: Any, audio: Any, param: str, limits: Limits) -> str |
         return None
     if not isinstance(voice, str) or not 0 < len(voice) <= 64:
         raise _bad(f"{param}.voice", "voice must be a voice name")
-    voices = limits.voices
-    if voices is not None and voice not in voices:
-        raise ApiError(
-            422,
-            "unsupported_value",
-            f"voice {voice!r} is not available; voices: {', '.join(voices)}",
-            param=f"{param}.voice",
-        )
+    check_voice(voice, f"{param}.voice", limits.voices)
     return voice
 
 

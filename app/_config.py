@@ -512,6 +512,13 @@ def _transcription(value: object, param: str, base: SessionConfig, caps: Caps) -
     return out
 
 
+def check_voice(voice: str, param: str, voices: tuple[str, ...] | None) -> None:
+    """Raises: ApiError: 422 ``unsupported_value`` for a voice there is not (``voices``
+    ``None``: a TTS service decides)."""
+    if voices is not None and voice not in voices:
+        raise _unsupported(param, repr(voice), f"voices: {', '.join(voices)}")
+
+
 def _null_only(value: object, param: str, what: str) -> None:
     if value is not None:
         raise _unsupported(param, what, "leave it null")
@@ -535,8 +542,7 @@ def _flat_field(
     elif key == "voice":
         if not isinstance(v, str) or not 0 < len(v) <= 64:
             raise _bad(param, f"{param} must be a voice name")
-        if caps.voices is not None and v not in caps.voices:
-            raise _unsupported(param, repr(v), f"voices: {', '.join(caps.voices)}")
+        check_voice(v, param, caps.voices)
         out[key] = v
     elif key in ("input_sample_rate", "output_sample_rate"):
         out[key] = _integer(v, param, 0, 10**6)

@@ -441,3 +441,13 @@ async def test_ga_output_speed_and_modalities_change_the_reply(client: httpx.Asy
     assert quiet["response"]["output_modalities"] == ["text"]
     assert quiet["response"]["audio_queued_ms"] == 0
     assert quiet["response"]["output"][0]["content"][0] == {"type": "output_text", "text": text}
+
+
+async def test_a_response_voice_there_is_not_is_refused(client: httpx.AsyncClient) -> None:
+    s = await create_session(client, turn_detection=None)
+    create = {"type": "response.create", "response": {"voice": "alloy"}}
+    r = await client.post(f"/api/sessions/{s.id}/events", headers=s.auth, json=[say("Hi"), create])
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["param"]) == ("unsupported_value", "[1].response.voice")
+    assert "joe" in error["message"]
