@@ -114,27 +114,59 @@ class IdleDeadline:
             await self._server._initiate_server_close()
 
 
+# How long a connection closed by the server, with the client still sending, goes on
+# reading before it really closes (nginx's lingering_timeout is 5 s, lingering_time 30 s).
+LINGER_S = 2.0
+
+
 class PromptCloseTCPServer(TCPServer):
     """Hypercorn's connection handler, with one keep-alive watcher per connection
-    (:class:`IdleDeadline`) that ends once the peer has closed the connection.
+    (:class:`IdleDeadline`) that ends once the peer has closed the connection, and a
+    lingering close.
 
     After a response, hypercorn restarts the connection's keep-alive timer
     (``ShieldedEndHTTPConnection`` in app/_asgi.py makes sure it does). When the client
     then closes the connection, hypercorn's reader ends but the timer does not: the
     handler, and its socket, waited out the whole ``keep_alive_timeout`` (75 s) for a
     client that was gone.
+
+    An answer given before the request's body has arrived (a 404 or 429 to an upload)
+    ends the connection. Hypercorn closed the socket right after it, and a socket closed
+    with unread data, or that data arriving after the close, makes the kernel reset the
+    connection: a reset can destroy the answer in the client's buffers before the client
+    has read it (URLSession saw a 404 with an empty body). So the server sends its FIN and
+    its reader goes on reading, and dropping, what the client still sends, until the
+    client closes too or ``LINGER_S`` has passed; only then is the socket closed.
     """
 
     _peer_gone = False
+    _lingering = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.idle_task = IdleDeadline(self)  # type: ignore[assignment]
+        self._reader_done = trio.Event()
 
     async def _read_data(self) -> None:
-        await super()._read_data()
-        self._peer_gone = True
-        self.idle_task.end()  # type: ignore[attr-defined]
+        try:
+            await super()._read_data()
+        finally:
+            self._peer_gone = True
+            self._reader_done.set()
+            self.idle_task.end()  # type: ignore[attr-defined]
+
+    async def _close(self) -> None:
+        # (a close from the reader itself while lingering, on a protocol error: at once)
+        if not self._peer_gone and not self._lingering:
+            self._lingering = True
+            try:
+                await self.stream.send_eof()
+            except (trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError):
+                pass
+            else:
+                with trio.move_on_after(LINGER_S):
+                    await self._reader_done.wait()
+        await super()._close()
 
     async def protocol_send(self, event: Event) -> None:
         # A response that ends after the peer has gone would start the timer again.

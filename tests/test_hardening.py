@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from app._asgi import ShieldedEndHTTPConnection
 from tests.conftest import (
     Running,
     SessionHandle,
@@ -26,6 +27,10 @@ from tests.conftest import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+
+class QuartOnly(ShieldedEndHTTPConnection):
+    fast_paths = False
 
 
 def open_fds() -> int:
@@ -389,3 +394,47 @@ async def test_a_closed_keep_alive_connection_frees_its_tasks_at_once(
         assert (await client.delete(s.urls["session"], headers=s.auth)).status_code == 204
     with trio.fail_after(5):
         await eventually(lambda: count_tasks() <= baseline)
+
+
+# -- an early answer to a body still on its way -----------------------------------------
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+async def test_an_early_error_is_not_lost_to_a_reset(
+    start_server: StartServer, fast_path: bool
+) -> None:
+    """A 404 given while the client is still sending its body closes the connection,
+    after the server has read what the client goes on sending (a lingering close, as
+    nginx does). Closing a socket with unread data makes the kernel reset the connection,
+    and a reset can destroy the answer before the client has read it: the Swift client
+    once saw a 404 with no body for an upload to a deleted session."""
+    server = await start_server()
+    if not fast_path:
+        server.app.asgi_http_class = QuartOnly
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        s = await create_session(client)
+        assert (await client.delete(s.urls["session"], headers=s.auth)).status_code == 204
+    path = s.urls["upload_audio"].split("://", 1)[-1].split("/", 1)[-1].lstrip("/")
+    total, first = 256_000, 3200
+    stream = await raw_request(
+        server.url,
+        f"POST /{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {s.token}\r\n"
+        f"Content-Type: audio/pcm\r\nContent-Length: {total}\r\n\r\n",
+    )
+    async with stream:
+        await stream.send_all(b"\0" * first)
+        with trio.fail_after(5):
+            status, body = await read_response(stream)
+        error = body["error"]
+        assert isinstance(error, dict)
+        assert (status, error["code"]) == (404, "session_not_found")
+        # the rest of the body, after the answer: the server still reads it
+        with trio.fail_after(5):
+            for _ in range((total - first) // 3200):
+                await stream.send_all(b"\0" * 3200)
+                await trio.sleep(0.002)
+            await stream.send_eof()
+            rest = b""
+            while chunk := await stream.receive_some():
+                rest += chunk
+        assert rest == b""  # a clean end of stream, not ECONNRESET
