@@ -509,7 +509,11 @@ class TurnMachine:
             until = pause.start + self._samples(s.speculative_pause_ms)
             events.append(PauseStarted(self.turn, pause.start, until))
         if s.mode == "semantic_vad":
-            if length >= pause.next_check:
+            # A recheck before the words are in would only compete for the CPU with the
+            # decode they wait on, and could not decide anything alone: it comes once they
+            # are, if the pause is still undecided.
+            waiting = pause.p is not None and pause.words is None
+            if length >= pause.next_check and not waiting:
                 pause.checks_in_flight += 1
                 pause.next_check = int(pause.next_check * s.recheck_factor)
                 events.append(CheckTurn(self.turn, pause.start, self.position))

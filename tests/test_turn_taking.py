@@ -123,6 +123,24 @@ def test_semantic_hesitation_waits_past_the_silence_window_up_to_the_eagerness_l
     assert ends[0].reason == "silence"
 
 
+def test_semantic_rechecks_wait_for_the_words() -> None:
+    """The audio is rechecked as the pause grows, but not while the words (the decode)
+    are still to come: the check would take CPU from that decode and decide nothing."""
+    m = TurnMachine(SEMANTIC)
+    frames(m, [0.9] * 60)
+    check = of(frames(m, [0.0] * ms_frames(160)), CheckTurn)[0]
+    assert isinstance(check, CheckTurn)
+    assert m.checked(1, check.pause, 0.4) == []  # unsure audio, no words yet
+    assert not of(frames(m, [0.0] * ms_frames(260)), CheckTurn)  # past the recheck (400 ms)
+    # the words arrive, "unknown": the pause is undecided, so the recheck comes now
+    assert m.transcribed(1, check.pause, Words("unknown", True, False, 5)) == []
+    rechecks = of(frames(m, [0.0]), CheckTurn)
+    assert len(rechecks) == 1
+    assert isinstance(rechecks[0], CheckTurn)
+    ended = m.checked(1, rechecks[0].pause, 0.99)  # near-certain audio decides it
+    assert [type(e) for e in ended] == [TurnEnded]
+
+
 def test_semantic_finished_words_with_doubtful_audio_wait_a_short_window() -> None:
     m = TurnMachine(SEMANTIC)
     frames(m, [0.9] * 60)
