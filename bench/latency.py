@@ -146,6 +146,18 @@ class Playback:
                 self.chunks.append((now, self.n))
                 self._times.append(now)
 
+    def stalls(self) -> tuple[int, float]:
+        """How often, and for how long in all, the player of :meth:`played_at` waited for
+        a late chunk: each wait makes it play (and go silent at a barge-in) later."""
+        clock, prev, n, total = math.nan, 0, 0, 0.0
+        for when, samples in self.chunks:
+            if not math.isnan(clock) and when > clock:
+                n, total = n + 1, total + when - clock
+            clock = when if math.isnan(clock) else max(clock, when)
+            clock += (samples - prev) / RATE
+            prev = samples
+        return n, total
+
     def received_by(self, t: float) -> int:
         """Samples that had arrived at time ``t``."""
         i = bisect.bisect_right(self._times, t)
@@ -291,7 +303,7 @@ async def converse(
         r.raise_for_status()
         body = r.json()
         s = SessionHandle(body["id"], body["token"], body["urls"], body)
-        events, playback = Events(), Playback()
+        events, playback = Events(extensions=True), Playback()
 
         async def cancel_reply() -> None:
             await client.post(
@@ -779,7 +791,11 @@ async def run(args: argparse.Namespace, nursery: trio.Nursery) -> None:
                 results[column] = figures
                 if args.dump:
                     dump(args.dump, column, turns, events)
-                print(f"{column}: done in {wall:.0f} s")
+                stalls, stalled = playback.stalls()
+                print(
+                    f"{column}: done in {wall:.0f} s; the stream's real-time player stalled "
+                    f"{stalls} times, {1000 * stalled:.0f} ms in all"
+                )
         finally:
             server.stop()
     compare: dict[str, Any] = {}

@@ -12,7 +12,10 @@ import trio
 from httpx_sse import aconnect_sse
 
 from audio import WAV_HEADER_BYTES
-from tests.realtime_schema import check_event
+from tests.realtime_schema import check_event, warm
+
+# Once per process, before any test or bench opens a stream (see realtime_schema.warm).
+warm()
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
