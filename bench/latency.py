@@ -82,7 +82,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -96,6 +96,9 @@ from tests import corpus
 from tests.conftest import SessionHandle
 from tests.fake_llm import FakeLlm, start_fake_llm
 from tests.voice import Events, WavBody
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 RATE = 16000
 SENTENCES = corpus.COMMANDS  # the short-command set (this bench's earlier sentences)
@@ -149,14 +152,17 @@ class Playback:
     def stalls(self) -> tuple[int, float]:
         """How often, and for how long in all, the player of :meth:`played_at` waited for
         a late chunk: each wait makes it play (and go silent at a barge-in) later."""
-        clock, prev, n, total = math.nan, 0, 0, 0.0
-        for when, samples in self.chunks:
-            if not math.isnan(clock) and when > clock:
-                n, total = n + 1, total + when - clock
-            clock = when if math.isnan(clock) else max(clock, when)
-            clock += (samples - prev) / RATE
-            prev = samples
-        return n, total
+        waits = [start - due for due, start, _, _ in self._player() if start > due]
+        return len(waits), sum(waits)
+
+    def _player(self) -> Iterator[tuple[float, float, int, int]]:
+        """Per chunk: when the player is due to start it (nan for the first), when it does
+        (it waits for a late chunk; it starts at the first byte), and its sample range."""
+        due, prev = math.nan, 0
+        for when, total in self.chunks:
+            start = when if math.isnan(due) else max(due, when)
+            yield due, start, prev, total
+            due, prev = start + (total - prev) / RATE, total
 
     def received_by(self, t: float) -> int:
         """Samples that had arrived at time ``t``."""
@@ -179,13 +185,9 @@ class Playback:
     def played_at(self, index: int) -> float:
         """When a real-time player started at the first byte plays sample ``index``; it
         waits (stalls) when a chunk arrives late, so no sample plays before it arrived."""
-        clock, prev = math.nan, 0
-        for when, total in self.chunks:
-            clock = when if math.isnan(clock) else max(clock, when)
+        for _due, start, first, total in self._player():
             if index < total:
-                return clock + (index - prev) / RATE
-            clock += (total - prev) / RATE
-            prev = total
+                return start + (index - first) / RATE
         return math.nan
 
 

@@ -28,12 +28,11 @@ def _adapter(beta: bool) -> TypeAdapter[Any]:
     return TypeAdapter(RealtimeServerEvent)
 
 
-def warm() -> None:
-    """Build both validators now: the first takes about a second, and built lazily at a
-    session's first event it held up the reader's event loop, so a stream read in the same
-    loop seemed to stall by as much (bench/latency.py's barge-in figure read ~1 s late)."""
-    _adapter(False)
-    _adapter(True)
+def prepare(*, beta: bool = False) -> None:
+    """Build the validator now (about a second, once per process). Built lazily at a
+    session's first event, it held up the reader's event loop, and a stream read in the
+    same loop seemed to stall by as much (bench/latency.py's barge-in read ~1 s late)."""
+    _adapter(beta)
 
 
 def check_event(payload: dict[str, Any], *, beta: bool = False) -> None:

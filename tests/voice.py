@@ -12,10 +12,7 @@ import trio
 from httpx_sse import aconnect_sse
 
 from audio import WAV_HEADER_BYTES
-from tests.realtime_schema import check_event, warm
-
-# Once per process, before any test or bench opens a stream (see realtime_schema.warm).
-warm()
+from tests.realtime_schema import check_event, prepare
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -63,6 +60,10 @@ class Events:
     beta_header: bool = True
     extensions: bool = False
     _changed: trio.Event = field(default_factory=trio.Event)
+
+    def __post_init__(self) -> None:
+        # here, before any stream of the session is read (see realtime_schema.prepare)
+        prepare(beta=self.beta)
 
     async def run(self, client: httpx.AsyncClient, s: SessionHandle) -> None:
         url = f"/api/sessions/{s.id}/events"
