@@ -139,25 +139,23 @@ class PromptCloseTCPServer(TCPServer):
     client closes too or ``LINGER_S`` has passed; only then is the socket closed.
     """
 
-    _peer_gone = False
     _lingering = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.idle_task = IdleDeadline(self)  # type: ignore[assignment]
-        self._reader_done = trio.Event()
+        self._reader_done = trio.Event()  # the peer has closed (or the socket is gone)
 
     async def _read_data(self) -> None:
         try:
             await super()._read_data()
         finally:
-            self._peer_gone = True
             self._reader_done.set()
             self.idle_task.end()  # type: ignore[attr-defined]
 
     async def _close(self) -> None:
         # (a close from the reader itself while lingering, on a protocol error: at once)
-        if not self._peer_gone and not self._lingering:
+        if not self._reader_done.is_set() and not self._lingering:
             self._lingering = True
             try:
                 await self.stream.send_eof()
@@ -170,7 +168,7 @@ class PromptCloseTCPServer(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         # A response that ends after the peer has gone would start the timer again.
-        if self._peer_gone and isinstance(event, Updated) and event.idle:
+        if self._reader_done.is_set() and isinstance(event, Updated) and event.idle:
             return
         await super().protocol_send(event)
 
