@@ -9,7 +9,7 @@ import trio
 
 from tests import corpus
 from tests.conftest import create_session
-from tests.test_voice_e2e import paused_samples, reply_spans
+from tests.test_voice_e2e import metric, paused_samples, reply_spans
 from tests.voice import Events, Stream, realtime_chunks, upload, wer
 
 if TYPE_CHECKING:
@@ -97,6 +97,37 @@ async def test_a_finished_sentence_is_answered_sooner_under_semantic_vad(
     # asserted here.
     assert reasons == {"server": "silence", "semantic": "semantic"}, reasons
     assert detected["server"] >= 450, detected
+
+
+async def first_jobs_run(client: httpx.AsyncClient) -> float:
+    """Inference jobs run at the final transcripts' priority so far."""
+    try:
+        return await metric(client, 'voxwire_scheduler_wait_seconds_count{priority="first"}')
+    except AssertionError:  # none yet
+        return 0.0
+
+
+async def test_a_turn_that_ends_while_its_pause_is_decoded_is_decoded_once(
+    client: httpx.AsyncClient,
+) -> None:
+    # A 100 ms silence window ends the turn while the decode asked 64 ms into the pause
+    # still runs: that decode is of the turn's audio and becomes its final transcript
+    # (starting another would double the work, and under load the wait).
+    u = corpus.utterance(FINISHED, "piper").padded(0.5, 0.0)
+    td = {"type": "server_vad", "silence_duration_ms": 100}
+    s = await create_session(client, turn_detection=td, responder="none")
+    before = await first_jobs_run(client)
+    events = Events()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(events.run, client, s)
+        await events.wait_for("session.created")
+        await upload(client, s, chunks(u.samples, 1.0))
+        await events.wait_for("conversation.item.input_audio_transcription.completed")
+        nursery.cancel_scope.cancel()
+    completed = events.of("conversation.item.input_audio_transcription.completed")
+    assert len(completed) == 1, completed
+    assert wer(u.text, completed[0]["transcript"]) <= 0.2, completed
+    assert await first_jobs_run(client) - before == 1
 
 
 async def test_a_backchannel_during_the_reply_pauses_it_and_it_resumes_whole(

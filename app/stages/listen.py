@@ -519,6 +519,9 @@ class _Listener:
             if result.text is None:
                 log.warning("speculative decode failed: %s", result.error)
                 words = Words()  # unknown: the silence window decides
+                for final in self._finals:  # the turn ended on it: it was the final one
+                    if final.turn == result.turn and final.end_sample == result.key:
+                        final.failed = result.error or ModelError("stt", "no transcript")
             else:
                 words = words_of(result.text)
                 self._spec_ready(result.turn, result.key, result.text)
@@ -624,9 +627,14 @@ class _Listener:
         deps.metrics.turns.inc()
         deps.on_turn()
         spec = self._spec.get(event.end_sample)
+        # the pause's speculative decode, still running, is of this very audio: it is the
+        # final one (starting over would pay for the decode twice, and under load wait twice)
+        running = self._scopes.pop(("speculative", event.end_sample), None)
         if spec is not None:
             final.text = spec
             final.prefetched = self._prefetch.get(event.end_sample)
+        elif running is not None:
+            final.scope = running
         else:
             until = event.end_sample + self._tail if event.speech_ended else None
             audio = self._machine.audio(until)
