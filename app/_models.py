@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-Kind = Literal["partial", "speculative", "final"]
+# "tail": the last seconds of a pause's audio, for its words' verdict only (a turn decision)
+Kind = Literal["partial", "speculative", "final", "tail"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +178,10 @@ class ModelHub:
     def remote_tts(self) -> bool:
         return self.services.tts is not None
 
+    @property
+    def remote_stt(self) -> bool:
+        return self.services.stt is not None
+
     def partials_off(self) -> bool:
         return self.services.stt is not None and self.services.stt_partials == "off"
 
@@ -216,9 +221,12 @@ class ModelHub:
                     raise
                 log.warning("%s; falling back to the embedded model", exc)
                 self._metrics.model_fallbacks.labels("stt").inc()
+        priority = (
+            Priority.PARTIAL if partial else Priority.TURN if kind == "tail" else Priority.FIRST
+        )
         return await self.infer_batchable(
             "stt",
-            Priority.PARTIAL if partial else Priority.FIRST,
+            priority,
             functools.partial(self.models.stt.transcribe_batch, retry=not partial),
             audio,
             # decodes waiting together from several sessions run as one batch; one window

@@ -273,11 +273,13 @@ def view(
             v.completed[e["item_id"]] = (t, e["transcript"])
         elif e["type"] == DELTA and e["item_id"] in v.started:
             v.deltas.append(t)
-    final = v.final
-    if final is None:
+    if v.final is None:
         return v
+    # The reply is the first response after the last item's speech began: usually after its
+    # transcript, but semantic_vad with echo may start it first (docs/architecture.md).
+    began = v.started[v.items[-1]]
     for t, e in got:
-        if t < final[0]:
+        if t < began:
             continue
         if v.reply_at is None and e["type"] == "response.created":
             v.reply_at = t

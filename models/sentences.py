@@ -9,6 +9,7 @@ reply early (the first audio is what the user waits for), then sentences.
 
 from __future__ import annotations
 
+import difflib
 import re
 
 _ABBREVIATIONS = frozenset(
@@ -187,3 +188,32 @@ def _is_abbreviation(candidate: str) -> bool:
     last = candidate.rsplit(maxsplit=1)[-1].rstrip(".").lower()
     # "J." (an initial) or "Dr." / "e.g." (a known abbreviation)
     return (len(last) == 1 and last.isalpha()) or last in _ABBREVIATIONS
+
+
+def norm_word(word: str) -> str:
+    """A word as compared across transcripts: lower case, no punctuation around it."""
+    return word.lower().strip(".,!?;:\"'…")
+
+
+def same_words(a: str, b: str) -> bool:
+    """The same words, whatever the case and punctuation."""
+    return bool(a) and [norm_word(w) for w in a.split()] == [norm_word(w) for w in b.split()]
+
+
+def words_after(said: str, piece: str) -> str:
+    """What of ``piece`` is left to say once ``said`` was: its words past those lined up
+    with ``said`` (a word or two may differ, as two decodes of the same speech do).
+
+    ``said`` is the first clause of a partial transcript, already spoken; ``piece`` the
+    same clause cut from the final one.
+    """
+    spoken = [norm_word(w) for w in said.split()]
+    words = piece.split()
+    matcher = difflib.SequenceMatcher(None, spoken, [norm_word(w) for w in words], autojunk=False)
+    blocks = [b for b in matcher.get_matching_blocks() if b.size]
+    if not blocks:
+        return piece if not spoken else " ".join(words[len(spoken) :])
+    last = blocks[-1]
+    # words of ``said`` after its last match stand for as many words of ``piece``
+    end = last.b + last.size + (len(spoken) - last.a - last.size)
+    return " ".join(words[end:])

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from app.stages.listen import new_partial_words
 from app.stages.respond import first_clause
 from models import SentenceCutter
-from models.sentences import ClauseCutter
+from models.sentences import ClauseCutter, words_after
 
 
 def cut_all(deltas: list[str]) -> list[str]:
@@ -336,3 +336,30 @@ def test_windowed_partials_line_up_on_the_last_words_sent() -> None:
     assert windowed_partial_words([], "Hello there") == ["Hello", "there"]
     # the latest match wins: the window's end is the newest audio
     assert windowed_partial_words(["the", "list"], "the list and the list too") == ["too"]
+
+
+# -- what is left to say of the final's first clause once the partial's was spoken ------
+
+
+@pytest.mark.parametrize(
+    ("said", "piece", "left"),
+    [
+        ("Hi, I was wondering", "Hi, I was wondering", ""),  # the same clause
+        ("I think I left my number at the", "I think I left my umbrella at the", ""),
+        ("The printer in the study keep running out", "The printer keeps running out", ""),
+        ("I am not sure", "I'm not sure which room it was to", "which room it was to"),
+        ("I would like to", "I would like to book a table for", "book a table for"),
+        ("could you", "Could you, please,", "please,"),
+    ],
+)
+def test_words_after_the_spoken_clause(said: str, piece: str, left: str) -> None:
+    assert words_after(said, piece) == left
+
+
+WORDS = "a the cat sat on mat, and then. went home".split()
+
+
+@given(words=st.lists(st.sampled_from(WORDS), max_size=12), k=st.integers(0, 12))
+def test_words_after_a_spoken_prefix_are_the_rest(words: list[str], k: int) -> None:
+    k = min(k, len(words))
+    assert words_after(" ".join(words[:k]), " ".join(words)) == " ".join(words[k:])

@@ -9,7 +9,7 @@ import trio
 
 from tests import corpus
 from tests.conftest import create_session
-from tests.test_voice_e2e import metric, paused_samples, reply_spans
+from tests.test_voice_e2e import metric, paused_samples, reply_spans, transcribe
 from tests.voice import Events, Stream, realtime_chunks, upload, wer
 
 if TYPE_CHECKING:
@@ -17,12 +17,17 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from tests.conftest import SessionHandle
+    from tests.conftest import Running, SessionHandle
 
 SERVER_VAD = {"type": "server_vad", "silence_duration_ms": 500}
 SEMANTIC_VAD = {"type": "semantic_vad", "eagerness": "auto"}
 # A plain statement: its words end a sentence and Smart Turn hears a finished one (P ~0.98)
 FINISHED = "We are having some friends over for dinner on Saturday."
+# ~6 s with no comma: no pause inside it that semantic_vad could take for the end
+LONG_FINISHED = (
+    "My manager asked me to prepare a short presentation about our sales figures for the "
+    "meeting on Thursday morning."
+)
 REPLY = (
     "Please read me the whole shopping list for the party on Saturday, including the "
     "drinks, the snacks and the paper plates."
@@ -97,6 +102,33 @@ async def test_a_finished_sentence_is_answered_sooner_under_semantic_vad(
     # asserted here.
     assert reasons == {"server": "silence", "semantic": "semantic"}, reasons
     assert detected["server"] >= 450, detected
+
+
+async def test_a_long_turn_under_semantic_vad_is_spoken_back_whole_and_once(
+    client: httpx.AsyncClient, server: Running
+) -> None:
+    # With echo, a pause's words also come from a decode of its last 2 s, so the turn can
+    # be committed, and its reply begun from the partial transcript's first clause, before
+    # the whole turn's decode is in (docs/architecture.md). Whichever way it went, the
+    # reply says the final transcript once: nothing lost, nothing said twice.
+    u = corpus.utterance(LONG_FINISHED, "piper").padded(0.5, 0.0)
+    s = await create_session(client, turn_detection=SEMANTIC_VAD)
+    events, stream = await talk(client, s, chunks(u.samples, 15.0))
+    done = events.of("response.done")[0]["response"]
+    assert done["status"] == "completed", done
+    completed = events.of("conversation.item.input_audio_transcription.completed")
+    assert len(completed) == 1, completed
+    transcript = completed[0]["transcript"]
+    assert wer(u.text, transcript) <= 0.2, transcript
+    said = "".join(d["delta"] for d in events.of("response.output_audio_transcript.delta"))
+    assert said == transcript
+    spans = reply_spans(stream.samples, 16000)
+    a, b = spans[0][0], spans[-1][1]
+    heard = await transcribe(server, stream.samples[a:b], 16000)
+    assert wer(transcript, heard) <= 0.2, (heard, done["latency"])
+    # (silent runs inside it: a wait for the next piece's synthesis on a loaded CPU)
+    length_ms = (b - a - paused_samples(stream.samples[a:b])) / 16
+    assert abs(done["audio_ms"] - length_ms) <= 60, (done["audio_ms"], length_ms)
 
 
 async def first_jobs_run(client: httpx.AsyncClient) -> float:

@@ -13,6 +13,7 @@ stale one (speech resumed, the turn was cleared), and a stale worker is cancelle
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import deque
@@ -29,6 +30,7 @@ from audio.turn_taking import (
     CancelResponse,
     CheckTurn,
     CommitEmpty,
+    Interruption,
     PauseEnded,
     PausePlayout,
     PauseStarted,
@@ -43,6 +45,7 @@ from audio.turn_taking import (
     Words,
 )
 from models import ModelError
+from models.sentences import norm_word, same_words
 from models.turn_text import TextTurn, has_words, is_backchannel, text_turn
 
 if TYPE_CHECKING:
@@ -58,11 +61,17 @@ ARRIVALS_KEPT = 1024  # frames (32 s) whose arrival time can be looked up
 # when the pause comes. The words are lined up with those already sent.
 PARTIAL_WINDOW = 3 * PIPELINE_RATE
 MAX_PARTIAL_STRETCH = 8  # partials at most 8x further apart under load, then none
+# semantic_vad with echo: the words' verdict at a pause also comes from a decode of its
+# last seconds only (~3x cheaper than the whole turn's, and on the turn decisions' lane),
+# so the turn can be committed, and its reply begun from the first clause of the partial
+# transcript, before the full decode is in.
+TAIL_WINDOW = 2 * PIPELINE_RATE
+TAIL_MIN = TAIL_WINDOW + PIPELINE_RATE // 2  # a shorter turn's full decode is as quick
 
 
 @dataclass(frozen=True, slots=True)
 class _Decoded:
-    kind: Literal["partial", "speculative", "final"]
+    kind: Literal["partial", "speculative", "final", "tail"]
     turn: int
     key: int  # the pause (speculative), the end (final), the position (partial)
     text: str | None  # None: the decode failed
@@ -113,6 +122,9 @@ class _Final:
     early_clause: str | None = None
     early: tuple[str, Int16] | None = None
     early_pending: bool = False
+    # it may go to the responder before its transcript, speaking ``early`` meanwhile
+    ahead: bool = False
+    later: trio.MemorySendChannel[tuple[str, float]] | None = None  # handed over: its text
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     announced: bool = False  # its transcript event went out
@@ -144,22 +156,13 @@ def new_partial_words(emitted: list[str], hypothesis: str) -> list[str]:
     """
     words = hypothesis.removesuffix("...").split()
     n = len(emitted)
-    if len(words) <= n or [_norm(w) for w in words[:n]] != [_norm(w) for w in emitted]:
+    if len(words) <= n or [norm_word(w) for w in words[:n]] != [norm_word(w) for w in emitted]:
         return []
     return words[n:]
 
 
 EARLY_TRIES = 3  # first-clause syntheses per turn from partials, at most
 EARLY = -1  # the "pause" key of the first clause spoken from the partial transcript
-
-
-def same_words(a: str, b: str) -> bool:
-    """The same words, whatever the case and punctuation."""
-    return bool(a) and [_norm(w) for w in a.split()] == [_norm(w) for w in b.split()]
-
-
-def _norm(word: str) -> str:
-    return word.lower().strip(".,!?;:\"'…")
 
 
 def windowed_partial_words(emitted: list[str], hypothesis: str, overlap: int = 2) -> list[str]:
@@ -171,8 +174,8 @@ def windowed_partial_words(emitted: list[str], hypothesis: str, overlap: int = 2
     if not emitted:
         return words
     k = min(overlap, len(emitted))
-    anchor = [_norm(w) for w in emitted[-k:]]
-    normed = [_norm(w) for w in words]
+    anchor = [norm_word(w) for w in emitted[-k:]]
+    normed = [norm_word(w) for w in words]
     for j in range(len(normed) - k, -1, -1):  # the latest match: the window's end is newest
         if normed[j : j + k] == anchor:
             return words[j + k :]
@@ -331,6 +334,12 @@ class _Listener:
                     # (a partial in flight keeps its thread either way: let it report)
                     audio = self._machine.audio(event.until_sample)
                     self._start("speculative", event.turn, event.pause, audio)
+                    if (
+                        len(audio) >= TAIL_MIN
+                        and self._speaks_ahead()
+                        and self._machine.interruption is Interruption.NONE
+                    ):
+                        self._start("tail", event.turn, event.pause, audio[-TAIL_WINDOW:])
                 case PauseEnded():
                     # only this pause's work can be in flight: earlier ones ended too
                     for scope in self._scopes.values():
@@ -419,7 +428,25 @@ class _Listener:
             self._partial_scope,
         )
 
-    def _start(self, kind: Literal["speculative"], turn: int, key: int, audio: Int16) -> None:
+    def _speaks_ahead(self) -> bool:
+        """semantic_vad with the embedded echo: a reply can begin before the transcript
+        (its first clause is known from the partials)."""
+        config = self._deps.config()
+        hub = self._deps.hub
+        td = config.turn_detection
+        return (
+            td is not None
+            and td.type == "semantic_vad"
+            and td.create_response
+            and config.responder == "echo"
+            and config.speed == 1.0
+            and not hub.remote_stt
+            and not hub.remote_tts
+        )
+
+    def _start(
+        self, kind: Literal["speculative", "tail"], turn: int, key: int, audio: Int16
+    ) -> None:
         scope = trio.CancelScope()
         self._scopes[(kind, key)] = scope
         self._nursery.start_soon(self._decode, kind, turn, key, audio, scope)
@@ -437,7 +464,7 @@ class _Listener:
 
     async def _decode(
         self,
-        kind: Literal["partial", "speculative", "final"],
+        kind: Literal["partial", "speculative", "final", "tail"],
         turn: int,
         key: int,
         audio: Int16,
@@ -509,8 +536,9 @@ class _Listener:
                 self._schedule_partial()
             if result.text and result.turn == m.turn and self._item_id is not None:
                 self._emit_partial(result.text)
-                if not self._partial_windowed:
-                    self._speak_early(result.text)
+                # (a decode of the turn's last seconds: the words sent so far begin the turn)
+                heard = " ".join(self._emitted) if self._partial_windowed else result.text
+                self._speak_early(heard)
                 await self._carry_out(m.heard(result.turn, words_of(result.text)))
             elif result.error is not None:
                 log.warning("partial decode failed: %s", result.error)
@@ -527,6 +555,13 @@ class _Listener:
                 self._spec_ready(result.turn, result.key, result.text)
             log.debug("speculative %s at %d: %r %s", result.turn, result.key, result.text, words)
             await self._carry_out(m.transcribed(result.turn, result.key, words))
+        elif result.kind == "tail":
+            self._scopes.pop(("tail", result.key), None)
+            # only until the whole pause's words are in (a failed tail: they will be)
+            if result.text is not None and result.turn == m.turn and result.key not in self._spec:
+                words = words_of(result.text)
+                log.debug("tail %s at %d: %r %s", result.turn, result.key, result.text, words)
+                await self._carry_out(m.transcribed(result.turn, result.key, words))
         else:
             for final in self._finals:
                 if final.turn == result.turn and final.end_sample == result.key:
@@ -612,6 +647,7 @@ class _Listener:
             speech_end_at=self._arrived(event.end_sample) if event.speech_ended else now,
             stopped_at=now,
             interrupting=event.interrupting,
+            ahead=self._speaks_ahead() and not event.interrupting,
         )
         if event.reason != "commit" or self._machine.settings.mode is not None:
             deps.events.emit(
@@ -668,9 +704,12 @@ class _Listener:
             final = self._finals[0]
             if not final.announced:
                 if final.failed is None and final.text is None:
+                    if final.ahead and final.later is None and final.early is not None:
+                        await self._hand_ahead(final)
                     return  # its decode is still running
                 if final.failed is not None or final.text is None:
                     self._finals.popleft()
+                    self._tell_later(final, None)
                     exc = final.failed or ModelError("stt", "no transcript")
                     deps.metrics.responses.labels("failed").inc()
                     deps.events.emit(
@@ -704,6 +743,7 @@ class _Listener:
                         continue  # not a turn: the reply plays on
                 if not final.text:
                     self._finals.popleft()
+                    self._tell_later(final, None)
                     self._drop_item(final.item)
                     continue
                 frame = deps.take_frame()
@@ -711,6 +751,10 @@ class _Listener:
                 final.item.images = [frame] if frame else []
                 deps.events.emit("conversation.item.done", item=final.item.describe())
             assert final.text is not None
+            if final.later is not None:  # its reply is under way: this is what it waits for
+                self._finals.popleft()
+                self._tell_later(final, final.text)
+                continue
             first = first_clause(final.text)
             ready = [c for c in (final.early, final.prefetched) if c and same_words(c[0], first)]
             if not ready and (
@@ -738,3 +782,31 @@ class _Listener:
                     prefetched,
                 )
             )
+
+    async def _hand_ahead(self, final: _Final) -> None:
+        """The turn goes to the responder now, its transcript to follow on a channel."""
+        assert final.early is not None
+        send, receive = trio.open_memory_channel[tuple[str, float]](1)
+        final.later = send
+        log.debug("turn %s to the responder ahead: %r", final.turn, final.early[0])
+        await self._turns.send(
+            UserTurn(
+                final.item.id,
+                "",
+                final.speech_end_at,
+                final.stopped_at,
+                final.stopped_at,
+                final.early,
+                later=receive,
+            )
+        )
+
+    def _tell_later(self, final: _Final, text: str | None) -> None:
+        """Give a reply under way its transcript (``None``: there is none)."""
+        if final.later is None:
+            return
+        with final.later:
+            # (a reply cut meanwhile closed its side: nothing to tell)
+            with contextlib.suppress(trio.BrokenResourceError):
+                if text is not None:
+                    final.later.send_nowait((text, final.transcript_at))

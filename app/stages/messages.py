@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 if TYPE_CHECKING:
+    import trio
+
     from app._conversation import Item
 
 PIPELINE_RATE = 16000  # VAD and STT run at 16 kHz
@@ -78,3 +80,6 @@ class UserTurn:
     transcript_at: float
     prefetched: tuple[str, Int16] | None = None  # (first clause, its speech) for echo
     spec: ResponseSpec | None = None  # response.create's parameters
+    # Handed over before its final transcript (echo): ``prefetched`` is spoken at once,
+    # the (transcript, transcript_at) comes here; closed without one if the decode failed.
+    later: trio.MemoryReceiveChannel[tuple[str, float]] | None = None

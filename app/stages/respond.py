@@ -24,7 +24,7 @@ from app._scheduler import Priority
 from app.stages.messages import Int16, ResponseSpec, UserTurn, new_id
 from audio import StreamResampler
 from models import ModelError, ResponseRequest, ToolCallDelta, Usage
-from models.sentences import ClauseCutter
+from models.sentences import ClauseCutter, same_words, words_after
 
 if TYPE_CHECKING:
     from app._config import SessionConfig
@@ -399,9 +399,10 @@ class Responses:
                     async with trio.open_nursery() as nursery:
                         send, recv = trio.open_memory_channel[str](deps.server.sentence_queue)
                         output = _Output(deps, response, send)
-                        request = self._request(response, config)
-                        nursery.start_soon(self._produce, request, output, send)
-                        nursery.start_soon(self._speak, response, recv, config)
+                        # handed over ahead of its transcript: its first clause now
+                        ahead = turn.prefetched if turn.later is not None else None
+                        nursery.start_soon(self._produce, response, config, output, send)
+                        nursery.start_soon(self._speak, response, recv, config, ahead)
                 except* ModelError as group:
                     status = "failed"
                     exc = group.exceptions[0]
@@ -419,22 +420,41 @@ class Responses:
         self._finish(response, status, error)
 
     async def _produce(
-        self, request: ResponseRequest, output: _Output, pieces: trio.MemorySendChannel[str]
+        self,
+        response: _Response,
+        config: SessionConfig,
+        output: _Output,
+        pieces: trio.MemorySendChannel[str],
     ) -> None:
         async with pieces:
+            later = response.turn.later
+            if later is not None:
+                async with later:
+                    try:
+                        text, at = await later.receive()
+                    except trio.EndOfChannel:
+                        raise ModelError("stt", "the turn has no transcript") from None
+                response.turn = dataclasses.replace(
+                    response.turn, transcript=text, transcript_at=at, later=None
+                )
+            request = self._request(response, config)
             responder = self._deps.responders(self._deps.config().responder)
             await responder.respond(request, output)
             await output.finish()
 
     async def _speak(
-        self, response: _Response, pieces: trio.MemoryReceiveChannel[str], config: SessionConfig
+        self,
+        response: _Response,
+        pieces: trio.MemoryReceiveChannel[str],
+        config: SessionConfig,
+        ahead: tuple[str, Int16] | None,
     ) -> None:
         deps = self._deps
         out_rate = config.output_sample_rate
         # One resampler for the whole response (joins between pieces stay continuous);
         # a new one only if the voice's rate changes (a service fell back to the local one).
         resampler: StreamResampler | None = None
-        prefetched = response.turn.prefetched if config.speed == 1.0 else None
+        prefetched = response.turn.prefetched if config.speed == 1.0 and ahead is None else None
 
         async def play(pcm: Int16, rate: int) -> int:
             nonlocal resampler
@@ -452,11 +472,24 @@ class Responses:
             response.queued += len(out)
             return len(out)
 
+        rate = deps.hub.models.tts.sample_rate
         async with pieces:
+            if ahead is not None:
+                response.spoken.append((ahead[0], await play(ahead[1], rate)))
             async for piece in pieces:
+                if ahead is not None:
+                    said, ahead = ahead[0], None
+                    if same_words(piece, said):
+                        continue  # it was said, from the partial transcript
+                    # the final heard the clause a little differently: say only what the
+                    # spoken one did not cover (never the same words twice)
+                    log.debug("first clause %r, spoken ahead as %r", piece, said)
+                    piece = words_after(said, piece)
+                    if not piece:
+                        continue
                 samples = 0
                 if prefetched is not None and prefetched[0] == piece:
-                    samples += await play(prefetched[1], deps.hub.models.tts.sample_rate)
+                    samples += await play(prefetched[1], rate)
                 else:
                     # the first piece is the reply's latency; later ones have its length
                     priority = Priority.FIRST if not response.spoken else Priority.REPLY
