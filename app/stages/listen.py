@@ -334,10 +334,13 @@ class _Listener:
                     # (a partial in flight keeps its thread either way: let it report)
                     audio = self._machine.audio(event.until_sample)
                     self._start("speculative", event.turn, event.pause, audio)
+                    # (only while a first clause is ready or on its way: without one the
+                    # reply waits for the final anyway, and the tail would only slow it)
                     if (
                         len(audio) >= TAIL_MIN
                         and self._speaks_ahead()
                         and self._machine.interruption is Interruption.NONE
+                        and (self._early is not None or self._early_scope is not None)
                     ):
                         self._start("tail", event.turn, event.pause, audio[-TAIL_WINDOW:])
                 case PauseEnded():
