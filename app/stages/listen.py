@@ -219,11 +219,14 @@ async def run(
     async with turns, trio.open_nursery() as nursery:
         nursery.start_soon(_pump, frames, send.clone())
         listener = _Listener(deps, responses, turns, send, nursery)
-        async with send, receive:
-            async for message in receive:
-                if isinstance(message, _UpstreamEnded):
-                    break
-                await listener.handle(message)
+        try:
+            async with send, receive:
+                async for message in receive:
+                    if isinstance(message, _UpstreamEnded):
+                        break
+                    await listener.handle(message)
+        finally:
+            listener.close()
         nursery.cancel_scope.cancel()
 
 
@@ -272,6 +275,11 @@ class _Listener:
         self._next_partial = 0
         self._tail = PIPELINE_RATE * deps.server.speculative_pause_ms // 1000
         self._partial_interval = PIPELINE_RATE * deps.server.partial_interval_ms // 1000
+
+    def close(self) -> None:
+        """The stage ends: replies waiting for a transcript get none."""
+        for final in self._finals:
+            self._tell_later(final, None)
 
     # -- input ------------------------------------------------------------------------
 
@@ -341,6 +349,9 @@ class _Listener:
                         and self._speaks_ahead()
                         and self._machine.interruption is Interruption.NONE
                         and (self._early is not None or self._early_scope is not None)
+                        # (a decode on the turn decisions' lane: not while the scheduler
+                        # falls behind, where it would delay other sessions' finals)
+                        and self._deps.hub.scheduler.partial_stretch() < 2.0
                     ):
                         self._start("tail", event.turn, event.pause, audio[-TAIL_WINDOW:])
                 case PauseEnded():
@@ -442,6 +453,7 @@ class _Listener:
             and td.type == "semantic_vad"
             and td.create_response
             and config.responder == "echo"
+            and config.speaks
             and config.speed == 1.0
             and not hub.remote_stt
             and not hub.remote_tts
@@ -742,6 +754,7 @@ class _Listener:
                     await self._carry_out(decided)
                     if any(isinstance(e, TurnDiscarded) for e in decided):
                         self._finals.popleft()
+                        self._tell_later(final, None)
                         self._drop_item(final.item)
                         continue  # not a turn: the reply plays on
                 if not final.text:
@@ -798,7 +811,7 @@ class _Listener:
                 "",
                 final.speech_end_at,
                 final.stopped_at,
-                final.stopped_at,
+                None,
                 final.early,
                 later=receive,
             )

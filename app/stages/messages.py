@@ -1,4 +1,5 @@
-"""What flows between the stages: frozen values only, so no two tasks share a mutable object."""
+"""What flows between the stages: frozen values (and the one-shot channel a turn handed
+over before its transcript carries), so no two tasks share a mutable object."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class UserTurn:
     transcript: str
     speech_end_at: float
     stopped_at: float
-    transcript_at: float
+    transcript_at: float | None  # None: still to come (``later``)
     prefetched: tuple[str, Int16] | None = None  # (first clause, its speech) for echo
     spec: ResponseSpec | None = None  # response.create's parameters
     # Handed over before its final transcript (echo): ``prefetched`` is spoken at once,

@@ -129,11 +129,9 @@ class _Output:
             return {"type": "audio", "transcript": text}
         return {"type": "text", "text": text}
 
-    async def text(self, delta: str) -> None:
-        if not delta:
-            return
+    def message(self) -> Item:
+        """The assistant message, added (with its content part) on first use."""
         r = self._r
-        self._first_token()
         if r.message is None:
             r.message = Item(new_id("item_"), "assistant", audio=r.speaks, status="in_progress")
             self.added(r.message)
@@ -144,6 +142,15 @@ class _Output:
                 content_index=0,
                 part=self.part(""),
             )
+        return r.message
+
+    async def text(self, delta: str) -> None:
+        if not delta:
+            return
+        r = self._r
+        self._first_token()
+        self.message()
+        assert r.message is not None
         r.text += delta
         r.message.text = r.text
         kind = "output_audio_transcript" if r.speaks else "output_text"
@@ -308,7 +315,7 @@ class Responses:
             self._paused = False
             self._deps.playout.resume()
 
-    def cancel(self, reason: str) -> bool:
+    def cancel(self, reason: str, *, barge_in: bool = True) -> bool:
         """Stop the current response now (barge-in, ``response.cancel``).
 
         The playout buffer is flushed at once, so the client falls silent within the
@@ -325,7 +332,7 @@ class Responses:
         r.scope.cancel()
         if r.queued:
             self._deps.events.emit("output_audio_buffer.cleared", response_id=r.id)
-        if reason == "turn_detected":
+        if reason == "turn_detected" and barge_in:
             self._deps.metrics.barge_ins.inc()
         return True
 
@@ -400,7 +407,9 @@ class Responses:
                         send, recv = trio.open_memory_channel[str](deps.server.sentence_queue)
                         output = _Output(deps, response, send)
                         # handed over ahead of its transcript: its first clause now
-                        ahead = turn.prefetched if turn.later is not None else None
+                        ahead = turn.prefetched if turn.later and response.speaks else None
+                        if ahead is not None:  # (what it says can be truncated at once)
+                            output.message()
                         nursery.start_soon(self._produce, response, config, output, send)
                         nursery.start_soon(self._speak, response, recv, config, ahead)
                 except* ModelError as group:
@@ -433,7 +442,10 @@ class Responses:
                     try:
                         text, at = await later.receive()
                     except trio.EndOfChannel:
-                        raise ModelError("stt", "the turn has no transcript") from None
+                        # the turn held no words after all, or its decode failed (said in
+                        # its own events): what was said ahead stops, like a barge-in
+                        self.cancel("turn_detected", barge_in=False)
+                        return
                 response.turn = dataclasses.replace(
                     response.turn, transcript=text, transcript_at=at, later=None
                 )
