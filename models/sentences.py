@@ -210,10 +210,8 @@ def words_after(said: str, piece: str) -> str:
     spoken = [norm_word(w) for w in said.split()]
     words = piece.split()
     matcher = difflib.SequenceMatcher(None, spoken, [norm_word(w) for w in words], autojunk=False)
-    blocks = [b for b in matcher.get_matching_blocks() if b.size]
-    if not blocks:
-        return piece if not spoken else " ".join(words[len(spoken) :])
-    last = blocks[-1]
+    matches = [b for b in matcher.get_matching_blocks() if b.size]
+    last = matches[-1] if matches else difflib.Match(0, 0, 0)
     # words of ``said`` after its last match stand for as many words of ``piece``
     end = last.b + last.size + (len(spoken) - last.a - last.size)
     return " ".join(words[end:])

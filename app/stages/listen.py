@@ -319,10 +319,10 @@ class _Listener:
                 self._scopes.pop(("prefetch", message.pause), None)
                 if message.turn == m.turn and done is not None:
                     self._prefetch[message.pause] = done
-                for final in self._finals:
-                    if final.turn == message.turn and final.end_sample == message.pause:
-                        final.prefetched = done
-                        final.prefetch_pending = False
+                waiting = self._final_at(message.turn, message.pause)
+                if waiting is not None:
+                    waiting.prefetched = done
+                    waiting.prefetch_pending = False
             await self._flush_finals()
 
     async def _carry_out(self, events: list[TurnEvent]) -> None:
@@ -562,9 +562,9 @@ class _Listener:
             if result.text is None:
                 log.warning("speculative decode failed: %s", result.error)
                 words = Words()  # unknown: the silence window decides
-                for final in self._finals:  # the turn ended on it: it was the final one
-                    if final.turn == result.turn and final.end_sample == result.key:
-                        final.failed = result.error or ModelError("stt", "no transcript")
+                final = self._final_at(result.turn, result.key)
+                if final is not None:  # the turn ended on it: it was the final one
+                    final.failed = result.error or ModelError("stt", "no transcript")
             else:
                 words = words_of(result.text)
                 self._spec_ready(result.turn, result.key, result.text)
@@ -578,10 +578,10 @@ class _Listener:
                 log.debug("tail %s at %d: %r %s", result.turn, result.key, result.text, words)
                 await self._carry_out(m.transcribed(result.turn, result.key, words))
         else:
-            for final in self._finals:
-                if final.turn == result.turn and final.end_sample == result.key:
-                    final.text = result.text
-                    final.failed = result.error
+            final = self._final_at(result.turn, result.key)
+            if final is not None:
+                final.text = result.text
+                final.failed = result.error
         await self._flush_finals()
 
     def _emit_partial(self, hypothesis: str) -> None:
@@ -624,11 +624,11 @@ class _Listener:
     def _spec_ready(self, turn: int, pause: int, text: str) -> None:
         if turn == self._machine.turn:
             self._spec[pause] = text
-        for final in self._finals:  # the turn ended while its decode ran
-            if final.turn == turn and final.end_sample == pause and final.text is None:
-                final.text = text
-                final.scope.cancel()
-                return  # the reply is due now: its own synthesis is as soon
+        final = self._final_at(turn, pause)
+        if final is not None and final.text is None:  # the turn ended while it ran
+            final.text = text
+            final.scope.cancel()
+            return  # the reply is due now: its own synthesis is as soon
         if self._deps.config().responder == "echo" and not self._deps.hub.remote_tts:
             clause = first_clause(text)
             if clause:
@@ -637,6 +637,16 @@ class _Listener:
                 self._nursery.start_soon(self._synthesize_first, turn, pause, clause, scope)
 
     # -- the end of a turn ------------------------------------------------------------
+
+    def _final_at(self, turn: int, end: int) -> _Final | None:
+        """The committed ``turn`` ending at sample ``end``, while it waits in line."""
+        return next((f for f in self._finals if f.turn == turn and f.end_sample == end), None)
+
+    def _pop_final(self, text: str | None) -> _Final:
+        """The first committed turn is done; a reply handed it ahead gets ``text``."""
+        final = self._finals.popleft()
+        self._tell_later(final, text)
+        return final
 
     def _arrived(self, sample: int) -> float:
         """When the frame holding ``sample`` was taken from the upload."""
@@ -723,8 +733,7 @@ class _Listener:
                         await self._hand_ahead(final)
                     return  # its decode is still running
                 if final.failed is not None or final.text is None:
-                    self._finals.popleft()
-                    self._tell_later(final, None)
+                    self._pop_final(None)
                     exc = final.failed or ModelError("stt", "no transcript")
                     deps.metrics.responses.labels("failed").inc()
                     deps.events.emit(
@@ -753,13 +762,11 @@ class _Listener:
                     decided = self._machine.final(final.turn, words_of(final.text))
                     await self._carry_out(decided)
                     if any(isinstance(e, TurnDiscarded) for e in decided):
-                        self._finals.popleft()
-                        self._tell_later(final, None)
+                        self._pop_final(None)
                         self._drop_item(final.item)
                         continue  # not a turn: the reply plays on
                 if not final.text:
-                    self._finals.popleft()
-                    self._tell_later(final, None)
+                    self._pop_final(None)
                     self._drop_item(final.item)
                     continue
                 frame = deps.take_frame()
@@ -768,8 +775,7 @@ class _Listener:
                 deps.events.emit("conversation.item.done", item=final.item.describe())
             assert final.text is not None
             if final.later is not None:  # its reply is under way: this is what it waits for
-                self._finals.popleft()
-                self._tell_later(final, final.text)
+                self._pop_final(final.text)
                 continue
             first = first_clause(final.text)
             ready = [c for c in (final.early, final.prefetched) if c and same_words(c[0], first)]

@@ -149,15 +149,14 @@ class _Output:
             return
         r = self._r
         self._first_token()
-        self.message()
-        assert r.message is not None
+        message = self.message()
         r.text += delta
-        r.message.text = r.text
+        message.text = r.text
         kind = "output_audio_transcript" if r.speaks else "output_text"
         self._emit(
             f"response.{kind}.delta",
-            item_id=r.message.id,
-            output_index=r.output.index(r.message),
+            item_id=message.id,
+            output_index=r.output.index(message),
             content_index=0,
             delta=delta,
         )
