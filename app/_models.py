@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Frames scored on the event loop rather than in a worker thread (ModelHub.infer_vad).
+VAD_INLINE_FRAMES = 2
+
 # "tail": the last seconds of a pause's audio, for its words' verdict only (a turn decision)
 Kind = Literal["partial", "speculative", "final", "tail"]
 
@@ -306,17 +309,26 @@ class ModelHub:
             model, priority, batch, item, group=group, key=key
         )
 
-    async def infer_vad(self, fn: Callable[..., T], *args: Any) -> T:
-        """The VAD, in a thread of its own limiter: never queued behind a decode."""
+    async def infer_vad(self, fn: Callable[..., T], *args: Any, frames: int) -> T:
+        """The VAD: ``fn(*args)`` scores ``frames`` frames; never queued behind a decode.
+
+        Up to :data:`VAD_INLINE_FRAMES` frames are scored on the event loop: Silero takes
+        ~0.13 ms a frame, and a worker-thread round trip costs the process 2-3 times that
+        in wakeups and GIL hand-offs (~0.3-0.4 ms of CPU, bench/vad_hop.py), on every
+        upload of every session. A backlog goes to a thread of its own limiter.
+        """
 
         def timed() -> T:
-            t0 = time.perf_counter()  # measures CPU work in the thread, not trio time
+            t0 = time.perf_counter()  # measures CPU work, not trio time
             try:
                 return fn(*args)
             finally:
                 self._metrics.inference_seconds.labels("vad").observe(time.perf_counter() - t0)
 
         try:
+            if frames <= VAD_INLINE_FRAMES:
+                await trio.lowlevel.checkpoint()
+                return timed()
             return await trio.to_thread.run_sync(timed, limiter=self.vad_limiter)
         except ModelError:
             self._metrics.model_errors.labels("vad").inc()

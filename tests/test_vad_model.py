@@ -44,3 +44,20 @@ def test_silence_and_noise_are_not_speech(vad: SileroVad) -> None:
 def test_rejects_wrong_frame_size(vad: SileroVad) -> None:
     with pytest.raises(ValueError, match="512"):
         vad.prob(VadState(), np.zeros(480, np.int16))
+
+
+def test_the_input_row_written_in_place_scores_as_one_built_per_frame(vad: SileroVad) -> None:
+    """``prob`` reuses one input row per stream; the model sees what a fresh row holds."""
+    speech = synthesize(("Hello there, how are you today?",)).samples
+    state = VadState()
+    h = np.zeros((1, 1, 128), np.float32)
+    c = np.zeros((1, 1, 128), np.float32)
+    context = np.zeros(64, np.float32)
+    for i in range(len(speech) // FRAME_SAMPLES):
+        frame = speech[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+        audio = frame.astype(np.float32) / 32768.0
+        x = np.concatenate((context, audio))[None, :]
+        out, h, c = vad._session.run(None, {"input": x, "h": h, "c": c})
+        context = audio[-64:]
+        expected = float(np.asarray(out).reshape(-1)[0])
+        assert vad.prob(state, frame) == pytest.approx(expected, abs=1e-6)

@@ -1,4 +1,4 @@
-"""The VAD stage: Silero probabilities for each frame, scored in batches off the event loop."""
+"""The VAD stage: Silero probabilities for each frame (a backlog scored in one thread call)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,9 @@ async def run(
             probs: list[float] = []
             if scored:
                 try:
-                    probs = await deps.hub.infer_vad(_score, deps, state, scored)
+                    probs = await deps.hub.infer_vad(
+                        _score, deps, state, scored, frames=len(scored)
+                    )
                 except ModelError as exc:
                     deps.model_error("vad", exc)
                     probs = [0.0] * len(scored)
