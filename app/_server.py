@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.events import Event, Updated
-from hypercorn.trio import run as hypercorn_trio_run
+from hypercorn.events import Event, RawData, Updated
 from hypercorn.trio.run import worker_serve
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.utils import wrap_app
@@ -119,6 +118,16 @@ class IdleDeadline:
 LINGER_S = 2.0
 
 
+class HandBack(Exception):
+    """Raised by the h11 protocol (app/_connection.py) on a request it gives back: the
+    connection, at that request, returns to :class:`app._connection.Connection`."""
+
+    def __init__(self, connection: Any, request: Any) -> None:
+        super().__init__()
+        self.connection = connection  # the protocol's h11.Connection, the request parsed
+        self.request = request
+
+
 class PromptCloseTCPServer(TCPServer):
     """Hypercorn's connection handler, with one keep-alive watcher per connection
     (:class:`IdleDeadline`) that ends once the peer has closed the connection, and a
@@ -141,19 +150,37 @@ class PromptCloseTCPServer(TCPServer):
 
     _lingering = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, initial: bytes = b"", hand_back: bool = False, **kwargs: Any
+    ) -> None:
+        """``initial``: bytes already read from the connection (app/_connection.py), served
+        first. ``hand_back``: the protocol may give the connection back (:class:`HandBack`),
+        which ends this handler without closing the connection (``handed_back`` says so).
+        """
         super().__init__(*args, **kwargs)
         self.idle_task = IdleDeadline(self)  # type: ignore[assignment]
         self._reader_done = trio.Event()  # the peer has closed (or the socket is gone)
+        self._initial = initial
+        self._hand_back = hand_back
+        self.handed_back: HandBack | None = None
 
     async def _read_data(self) -> None:
+        protocol = self.protocol.protocol
+        if self._hand_back and hasattr(protocol, "hand_back"):
+            protocol.hand_back = True
         try:
+            if self._initial:
+                await self.protocol.handle(RawData(self._initial))
             await super()._read_data()
+        except HandBack as back:
+            self.handed_back = back
         finally:
             self._reader_done.set()
             self.idle_task.end()  # type: ignore[attr-defined]
 
     async def _close(self) -> None:
+        if self.handed_back is not None:
+            return  # the connection goes on, in app/_connection.py
         # (a close from the reader itself while lingering, on a protocol error: at once)
         if not self._reader_done.is_set() and not self._lingering:
             self._lingering = True
@@ -171,10 +198,6 @@ class PromptCloseTCPServer(TCPServer):
         if self._reader_done.is_set() and isinstance(event, Updated) and event.idle:
             return
         await super().protocol_send(event)
-
-
-# worker_serve builds a TCPServer per connection by this module-level name.
-hypercorn_trio_run.TCPServer = PromptCloseTCPServer  # type: ignore[attr-defined]
 
 
 async def wait_for_signal() -> None:
@@ -210,6 +233,9 @@ async def serve(
         # give load balancers the notice period to see /readyz fail.
         await trio.sleep(max(0.05, config.shutdown_notice_s))
 
+    from app._connection import install  # (it builds on this module's classes)
+
+    install()
     hc = hypercorn_config(config)
     # hypercorn.trio.serve creates its own sockets; its worker_serve takes ours.
     await worker_serve(

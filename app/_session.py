@@ -28,7 +28,7 @@ from app._realtime import ga_session
 from audio import AudioChunk, Framer, PcmDecoder, StreamResampler
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Iterator
 
     import numpy as np
 
@@ -96,6 +96,131 @@ class BodyMeter:
             raise ApiError(
                 413, "upload_too_large", f"upload bodies are limited to {self.limit} bytes"
             )
+
+
+class UploadBody:
+    """One upload_audio body being taken, fed as it arrives (:meth:`Session.open_upload`).
+
+    Either HTTP path drives it: app/_connection.py feeds chunks as h11 parses them, in
+    the connection's task; the Quart route reads them with :meth:`consume`. A body without
+    ``X-Sequence`` is decoded and handed to ingest chunk by chunk (what arrived before an
+    error stays); a sequenced one is held whole and applied at its end, exactly once.
+    """
+
+    def __init__(self, session: Session, fmt: PcmFormat, sequence: int | None, limit: int) -> None:
+        srv = session._server
+        self._session = session
+        self._fmt = fmt
+        self._sequence = sequence
+        self._meter = BodyMeter(
+            limit, srv.upload_idle_timeout_s, srv.upload_min_bytes_per_s, trio.current_time()
+        )
+        self._held = bytearray() if sequence is not None else None
+        self._decoder = session._decoder_for(fmt) if sequence is None else None
+        self.accepted = 0  # bytes of this body handed to ingest
+        self.idle_timeout_s = srv.upload_idle_timeout_s
+        self._open = True
+
+    def reject(self, error: ApiError) -> ApiError:
+        """``error``, telling the client how much of a streamed body was kept (so it can
+        resume after it)."""
+        if self._held is None:
+            error.headers["X-Accepted-Bytes"] = str(self.accepted)
+        return error
+
+    def idle(self) -> ApiError:
+        """The 408 for a body that sent nothing for the idle timeout."""
+        return self.reject(
+            ApiError(408, "upload_idle_timeout", f"no body data for {self.idle_timeout_s:g} s")
+        )
+
+    async def feed(self, chunk: bytes) -> None:
+        """Take the next chunk of the body.
+
+        Raises:
+            ApiError: 408 too slow, 413 caps, 429 backpressure, 404 session ended.
+        """
+        try:
+            self._meter.feed(len(chunk), trio.current_time())
+            if self._held is not None:
+                self._held.extend(chunk)
+                return
+            assert self._decoder is not None
+            session, rate = self._session, self._fmt.sample_rate
+            samples = self._decoder.feed(chunk)
+            session._check_session_cap(len(samples), rate)
+            for start in range(0, len(samples), MAX_PIECE_SAMPLES):
+                piece = samples[start : start + MAX_PIECE_SAMPLES]
+                await session._send_audio(piece, rate)
+                self.accepted += 2 * len(piece)
+                session._accept(2 * len(piece))
+        except ApiError as error:
+            raise self.reject(error) from None
+
+    async def finish(self) -> UploadResult:
+        """The body has ended: apply a sequenced body; what the upload did.
+
+        Raises:
+            ApiError: as :meth:`feed`.
+        """
+        if self._held is None:
+            return UploadResult(self.accepted)
+        session, data = self._session, self._held
+        expected = session._next_sequence
+        assert self._sequence is not None
+        if self._sequence < expected:  # a retry of something we already hold
+            return UploadResult(0, duplicate=True, acked_sequence=expected - 1)
+        decoder = session._decoder_for(self._fmt)
+        carry_before = decoder.pending_bytes
+        samples = decoder.feed(bytes(data))
+        session._check_session_cap(len(samples), self._fmt.sample_rate)
+        if len(samples):
+            try:
+                await session._send_audio(samples, self._fmt.sample_rate)
+            except ApiError:
+                # Not taken: forget the bytes so a retry of this sequence starts clean.
+                session._decoder = None
+                raise
+        session._accept(len(data) + carry_before - decoder.pending_bytes)
+        session._next_sequence = expected + 1
+        return UploadResult(len(data), acked_sequence=expected)
+
+    async def consume(self, body: AsyncIterator[bytes]) -> UploadResult:
+        """Read ``body`` to its end (Quart's request body), then :meth:`finish`.
+
+        One cancel scope bounds the wait for every chunk (its deadline moves on with each
+        one; it is off while :meth:`feed` runs, which has timeouts of its own).
+
+        Raises:
+            ApiError: as :meth:`feed`; 408 idle, 413 over Quart's backlog cap.
+        """
+        chunks = aiter(body)
+        with trio.CancelScope() as idle:
+            while True:
+                idle.deadline = trio.current_time() + self.idle_timeout_s
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except RequestEntityTooLarge:
+                    raise self.reject(
+                        ApiError(
+                            413,
+                            "upload_backlog_exceeded",
+                            "request body arrived faster than it could be consumed",
+                        )
+                    ) from None
+                idle.deadline = math.inf
+                await self.feed(chunk)
+        if idle.cancelled_caught:
+            raise self.idle()
+        return await self.finish()
+
+    def close(self) -> None:
+        """Release the session's upload lock (once; in the task that opened the body)."""
+        if self._open:
+            self._open = False
+            self._session._upload_lock.release()
 
 
 @dataclass(slots=True)
@@ -218,13 +343,20 @@ class Session:
     @contextmanager
     def request(self) -> Iterator[None]:
         """Mark a request in progress (the reaper leaves busy sessions alone)."""
-        self.open_requests += 1
-        self.last_activity = trio.current_time()
+        self.begin_request()
         try:
             yield
         finally:
-            self.open_requests -= 1
-            self.last_activity = trio.current_time()
+            self.end_request()
+
+    def begin_request(self) -> None:
+        """:meth:`request` in two calls (for app/routes/audio.py's ``UploadRequest``)."""
+        self.open_requests += 1
+        self.last_activity = trio.current_time()
+
+    def end_request(self) -> None:
+        self.open_requests -= 1
+        self.last_activity = trio.current_time()
 
     def describe(self) -> dict[str, Any]:
         """Public JSON view: the GA session object, with voxwire's flat config and live
@@ -298,19 +430,17 @@ class Session:
 
     # -- upload ----------------------------------------------------------------------
 
-    async def upload(
-        self,
-        body: AsyncIterator[bytes],
-        fmt: PcmFormat,
-        *,
-        sequence: int | None,
-        content_length: int | None,
-    ) -> UploadResult:
-        """Consume one upload_audio body as it arrives and feed the ingest channel.
+    async def open_upload(
+        self, fmt: PcmFormat, *, sequence: int | None, content_length: int | None
+    ) -> UploadBody:
+        """Start taking one upload_audio body: what its headers allow, and the session's
+        upload lock (waited for at most the backpressure timeout).
+
+        The caller feeds the body to the :class:`UploadBody` as it arrives, in the same
+        task, and closes it.
 
         Raises:
-            ApiError: 408 idle body, 409 sequence gap or concurrent upload, 413 caps,
-                429 backpressure (``Retry-After``). Audio accepted before the error stays.
+            ApiError: 409 concurrent upload or sequence gap, 413 ``Content-Length``.
         """
         srv = self._server
         limit = srv.max_upload_request_bytes if sequence is None else srv.max_sequenced_upload_bytes
@@ -335,58 +465,42 @@ class Session:
                     "another upload to this session is still running",
                     headers={"Retry-After": str(srv.retry_after_s)},
                 ) from None
-        try:
-            self.stats.uploads += 1
-            if sequence is None:
-                return UploadResult(await self._stream_upload(body, fmt, limit))
-            return await self._sequenced_upload(body, fmt, sequence, limit)
-        finally:
+        if sequence is not None and sequence > self._next_sequence:
             self._upload_lock.release()
+            raise ApiError(
+                409,
+                "sequence_gap",
+                f"expected X-Sequence {self._next_sequence}, got {sequence}",
+                param="X-Sequence",
+            )
+        self.stats.uploads += 1
+        return UploadBody(self, fmt, sequence, limit)
+
+    async def upload(
+        self,
+        body: AsyncIterator[bytes],
+        fmt: PcmFormat,
+        *,
+        sequence: int | None,
+        content_length: int | None,
+    ) -> UploadResult:
+        """Consume one upload_audio body read from ``body`` (Quart's request body).
+
+        Raises:
+            ApiError: 408 idle body, 409 sequence gap or concurrent upload, 413 caps,
+                429 backpressure (``Retry-After``). Audio accepted before the error stays.
+        """
+        taker = await self.open_upload(fmt, sequence=sequence, content_length=content_length)
+        try:
+            return await taker.consume(body)
+        finally:
+            taker.close()
 
     def _decoder_for(self, fmt: PcmFormat) -> PcmDecoder:
         if self._decoder is None or self._decoder_format != fmt:
             self._decoder = PcmDecoder(big_endian=fmt.big_endian)
             self._decoder_format = fmt
         return self._decoder
-
-    async def _consume(
-        self,
-        body: AsyncIterator[bytes],
-        limit: int,
-        take: Callable[[bytes], Awaitable[None]],
-    ) -> None:
-        """Read ``body`` to its end, handing each chunk to ``take`` as it arrives.
-
-        One cancel scope bounds the wait for every chunk (its deadline moves on with each
-        one; it is off while ``take`` runs, which has timeouts of its own).
-
-        Raises:
-            ApiError: 408 idle or too slow, 413 over ``limit`` or Quart's backlog cap.
-        """
-        srv = self._server
-        meter = BodyMeter(
-            limit, srv.upload_idle_timeout_s, srv.upload_min_bytes_per_s, trio.current_time()
-        )
-        chunks = aiter(body)
-        with trio.CancelScope() as idle:
-            while True:
-                idle.deadline = trio.current_time() + srv.upload_idle_timeout_s
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    return
-                except RequestEntityTooLarge:
-                    raise ApiError(
-                        413,
-                        "upload_backlog_exceeded",
-                        "request body arrived faster than it could be consumed",
-                    ) from None
-                idle.deadline = math.inf
-                meter.feed(len(chunk), trio.current_time())
-                await take(chunk)
-        raise ApiError(
-            408, "upload_idle_timeout", f"no body data for {srv.upload_idle_timeout_s:g} s"
-        )
 
     def _check_session_cap(self, new_samples: int, rate: int) -> None:
         in_s = self.stats.frames * FRAME_SAMPLES / PIPELINE_RATE + new_samples / rate
@@ -439,62 +553,6 @@ class Session:
         self.stats.bytes_in += nbytes
         self._metrics.bytes_in.inc(nbytes)
         self.last_activity = trio.current_time()
-
-    async def _stream_upload(self, body: AsyncIterator[bytes], fmt: PcmFormat, limit: int) -> int:
-        decoder = self._decoder_for(fmt)
-        accepted = 0
-
-        async def take(chunk: bytes) -> None:
-            nonlocal accepted
-            samples = decoder.feed(chunk)
-            self._check_session_cap(len(samples), fmt.sample_rate)
-            for start in range(0, len(samples), MAX_PIECE_SAMPLES):
-                piece = samples[start : start + MAX_PIECE_SAMPLES]
-                await self._send_audio(piece, fmt.sample_rate)
-                accepted += 2 * len(piece)
-                self._accept(2 * len(piece))
-
-        try:
-            await self._consume(body, limit, take)
-        except ApiError as error:
-            # Tell the client how much of this body was kept, so it can resume after it.
-            error.headers["X-Accepted-Bytes"] = str(accepted)
-            raise
-        return accepted
-
-    async def _sequenced_upload(
-        self, body: AsyncIterator[bytes], fmt: PcmFormat, sequence: int, limit: int
-    ) -> UploadResult:
-        expected = self._next_sequence
-        if sequence > expected:
-            raise ApiError(
-                409,
-                "sequence_gap",
-                f"expected X-Sequence {expected}, got {sequence}",
-                param="X-Sequence",
-            )
-        data = bytearray()
-
-        async def take(chunk: bytes) -> None:
-            data.extend(chunk)
-
-        await self._consume(body, limit, take)
-        if sequence < expected:  # a retry of something we already hold
-            return UploadResult(0, duplicate=True, acked_sequence=expected - 1)
-        decoder = self._decoder_for(fmt)
-        carry_before = decoder.pending_bytes
-        samples = decoder.feed(bytes(data))
-        self._check_session_cap(len(samples), fmt.sample_rate)
-        if len(samples):
-            try:
-                await self._send_audio(samples, fmt.sample_rate)
-            except ApiError:
-                # Not taken: forget the bytes so a retry of this sequence starts clean.
-                self._decoder = None
-                raise
-        self._accept(len(data) + carry_before - decoder.pending_bytes)
-        self._next_sequence = expected + 1
-        return UploadResult(len(data), acked_sequence=expected)
 
     async def clear_input(self) -> None:
         """input_audio_buffer.clear: drop the turn in progress (applied after earlier audio)."""

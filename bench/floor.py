@@ -11,10 +11,13 @@ costs is the least a trio + h11 process can spend on that traffic.
 
 ``--asgi`` serves the same through hypercorn's trio worker (voxwire's HTTP server) and a
 bare ASGI app instead: what hypercorn itself costs, the least an ASGI-level path in
-voxwire can get to.
+voxwire can get to. ``--inline`` also answers the POSTs inside hypercorn's h11 protocol, in
+the connection's reader task (no ASGI stream, app task or messages per request; GETs go to
+the ASGI app): the least voxwire's own upload stream (app/_uploads.py) can get to.
 
     .venv/bin/python bench/floor.py --port 8123
     .venv/bin/python bench/floor.py --port 8123 --asgi
+    .venv/bin/python bench/floor.py --port 8123 --inline
 """
 
 from __future__ import annotations
@@ -112,12 +115,44 @@ async def asgi_app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def main(port: int, host: str, asgi: bool) -> None:
-    if not asgi:
+def _serve_posts_inline() -> None:
+    """Patch hypercorn's h11 protocol so that POSTs never reach a stream or the app."""
+    import hypercorn.protocol
+    from hypercorn.protocol.events import Body, EndBody, Request, Response, StreamClosed
+    from hypercorn.protocol.h11 import H11Protocol
+
+    class InlinePost:
+        def __init__(self, send) -> None:
+            self.send = send
+
+        async def handle(self, event) -> None:
+            if isinstance(event, EndBody):
+                await self.send(Response(stream_id=1, status_code=204, headers=[]))
+                await self.send(EndBody(stream_id=1))
+                await self.send(StreamClosed(stream_id=1))
+            elif not isinstance(event, (Request, Body, StreamClosed)):
+                raise AssertionError(event)
+
+    class InlineH11Protocol(H11Protocol):
+        async def _create_stream(self, request: h11.Request) -> None:
+            if request.method != b"POST":
+                await super()._create_stream(request)
+                return
+            self.stream = InlinePost(self.stream_send)  # type: ignore[assignment]
+            self.keep_alive_requests += 1
+
+    hypercorn.protocol.H11Protocol = InlineH11Protocol  # ProtocolWrapper's name for it
+
+
+async def main(port: int, host: str, asgi: bool, inline: bool = False) -> None:
+    if not asgi and not inline:
         await trio.serve_tcp(handle, port, host=host)
         return
     from hypercorn.config import Config
     from hypercorn.trio import serve
+
+    if inline:
+        _serve_posts_inline()
 
     config = Config()
     config.bind = [f"{host}:{port}"]
@@ -130,5 +165,6 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--asgi", action="store_true", help="hypercorn + a bare ASGI app")
+    parser.add_argument("--inline", action="store_true", help="POSTs inside hypercorn's h11")
     args = parser.parse_args()
-    trio.run(main, args.port, args.host, args.asgi)
+    trio.run(main, args.port, args.host, args.asgi, args.inline)

@@ -737,6 +737,7 @@ def show_cost(rounds: list[dict], names: list[str], args) -> None:
         "voxwire": "voxwire",
         "before": f"voxwire at {args.cost_baseline}",
         "hypercorn": "hypercorn + bare ASGI app (`floor.py --asgi`)",
+        "inline": "hypercorn, POSTs answered in its h11 protocol (`floor.py --inline`)",
         "floor": "trio + h11 floor (`floor.py`)",
     }
     print(
@@ -761,6 +762,7 @@ async def cost_main(args) -> list[dict]:
     vox = Server(tmp / "server.log", "--responder", "none", ready_path="/readyz")
     floor = FloorServer(tmp / "floor.log", args.cost_floor)
     hyper = FloorServer(tmp / "hypercorn.log", args.cost_floor, "--asgi")
+    inline = FloorServer(tmp / "inline.log", args.cost_floor, "--inline")
     before = None
     if args.cost_baseline:
         before = VoxwireAt(
@@ -770,6 +772,7 @@ async def cost_main(args) -> list[dict]:
     await floor.start()
     if not args.cost_no_asgi:
         await hyper.start()
+        await inline.start()
     if before is not None:
         await before.start()
     rounds: list[dict] = []
@@ -793,8 +796,8 @@ async def cost_main(args) -> list[dict]:
                     [(f"/upload/{i}", "x") for i in range(args.cost_uploads)],
                     [(f"/stream/{i}", "x") for i in range(args.cost_streams)],
                 )
-                for name, server in (("hypercorn", hyper), ("floor", floor))
-                if name != "hypercorn" or not args.cost_no_asgi
+                for name, server in (("hypercorn", hyper), ("inline", inline), ("floor", floor))
+                if name == "floor" or not args.cost_no_asgi
             ),
         ]
         print(
@@ -819,8 +822,8 @@ async def cost_main(args) -> list[dict]:
                 )
                 sys.stdout.flush()
     finally:
-        for server in (vox, floor, hyper, before):
-            if server is not None:
+        for server in (vox, floor, hyper, inline, before):
+            if server is not None and server.proc is not None:
                 server.stop()
     show_cost(rounds, [t.name for t in targets], args)
     if args.json:

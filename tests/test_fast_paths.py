@@ -1,7 +1,8 @@
-"""upload_audio's ASGI fast path (app/_asgi.py): taken, and answering as the Quart route does.
+"""upload_audio's own h11 path (app/_connection.py): taken, and answering as the Quart route
+does; the connection going to hypercorn and back between requests.
 
 Two servers run side by side: the app as shipped, and the same app whose connection class
-has ``fast_paths = False`` (every request through Quart). The same raw requests go to
+has ``fast_paths = False`` (every request through hypercorn and Quart). The same raw requests go to
 both and the raw responses are compared, byte for byte but for the ``date`` header.
 Requests that are answered before their body is read send an incomplete body, so both
 paths see it unread (Quart's own reader could otherwise race the route to the end of a
@@ -12,19 +13,24 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 from quart import Quart, request
 
-from app._asgi import ShieldedEndHTTPConnection, bearer_credential
+from app import create_app
+from app._asgi import ShieldedEndHTTPConnection
+from app._config import ServerConfig
 from app._errors import ApiError
+from app._server import serve
 from app._session import BodyMeter
-from app.routes._common import bearer_token
+from app.routes._common import bearer_credential, bearer_token
 from tests.conftest import (
     Running,
     SessionHandle,
@@ -172,10 +178,19 @@ SCENARIOS: dict[str, Callable[[SessionHandle], list[bytes]]] = {
 }
 
 
+def session_get(s: SessionHandle) -> bytes:
+    """A request Quart serves (the session's description)."""
+    path = s.urls["session"].split("://", 1)[-1].split("/", 1)[-1]
+    return f"GET /{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {s.token}\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize("after_quart", [False, True], ids=["fresh", "after a Quart request"])
 @pytest.mark.parametrize("cors", ["", ORIGIN])
 async def test_fast_path_answers_exactly_as_quart_does(
-    start_server: StartServer, cors: str
+    start_server: StartServer, cors: str, after_quart: bool
 ) -> None:
+    """On a fresh connection the upload is this module's from the first byte; after a
+    request Quart served, hypercorn hands the connection back for it."""
     fast, slow = await two_servers(start_server, cors_origins=cors)
     for name, requests in SCENARIOS.items():
         answers = []
@@ -184,6 +199,9 @@ async def test_fast_path_answers_exactly_as_quart_does(
             raw = await Raw.open(server)
             got = []
             with trio.fail_after(10):
+                if after_quart:
+                    await raw.stream.send_all(session_get(s))
+                    assert (await raw.response()).startswith(b"HTTP/1.1 200 ")
                 for data in requests(s):
                     await raw.stream.send_all(data)
                     got.append(await raw.response())
@@ -228,22 +246,142 @@ async def test_the_fast_path_is_taken_and_the_rest_goes_to_quart(
 async def test_fast_and_quart_requests_share_a_keep_alive_connection(
     start_server: StartServer,
 ) -> None:
+    """The connection goes to hypercorn for a Quart request and comes back for the next
+    upload, also when requests are pipelined (several in one write); Quart never sees
+    an upload."""
     server = await start_server()
+    seen: list[str] = []
+
+    @server.app.before_request
+    async def record() -> None:
+        seen.append(request.method)
+
     s = await session_on(server, responder="loopback")
+    seen.clear()
     raw = await Raw.open(server)
-    get = f"GET {s.urls['session']} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {s.token}\r\n\r\n"
+    get = session_get(s)
     with trio.fail_after(10):
         for _ in range(3):
             await raw.stream.send_all(upload_request(s))
             assert (await raw.response()).startswith(b"HTTP/1.1 204 ")
-            await raw.stream.send_all(get.encode())
+            await raw.stream.send_all(get)
             assert (await raw.response()).startswith(b"HTTP/1.1 200 ")
         # pipelined: both requests in one write
         await raw.stream.send_all(upload_request(s) + upload_request(s))
         assert (await raw.response()).startswith(b"HTTP/1.1 204 ")
         assert (await raw.response()).startswith(b"HTTP/1.1 204 ")
+        await raw.stream.send_all(get + upload_request(s) + get + upload_request(s))
+        for status in (b"200", b"204", b"200", b"204"):
+            assert (await raw.response()).startswith(b"HTTP/1.1 " + status)
     await raw.aclose()
-    assert server.registry.authorise(s.id, s.token).stats.bytes_in == 5 * 640
+    assert server.registry.authorise(s.id, s.token).stats.bytes_in == 7 * 640
+    assert seen == ["GET"] * 5
+
+
+@pytest.mark.parametrize("after_quart", [False, True], ids=["fresh", "after a Quart request"])
+async def test_an_upload_runs_in_the_connection_task(
+    start_server: StartServer, after_quart: bool
+) -> None:
+    """No task is started for an upload request (hypercorn starts an app task, and Quart
+    a nursery with two more, for each)."""
+    server = await start_server()
+    s = await session_on(server, responder="loopback")
+    session = server.registry.authorise(s.id, s.token)
+    raw = await Raw.open(server)
+    with trio.fail_after(10):
+        if after_quart:
+            await raw.stream.send_all(session_get(s))
+            assert (await raw.response()).startswith(b"HTTP/1.1 200 ")
+        await raw.stream.send_all(upload_request(s))
+        assert (await raw.response()).startswith(b"HTTP/1.1 204 ")
+        await trio.testing.wait_all_tasks_blocked()
+        between = count_tasks()
+        await raw.stream.send_all(upload_request(s, bytes(640), declared=6400))  # held open
+        await eventually(lambda: session.stats.bytes_in == 1280)
+        await trio.testing.wait_all_tasks_blocked()
+        assert count_tasks() == between
+        await raw.stream.send_all(bytes(5760))
+        response = await raw.response()
+    assert response.startswith(b"HTTP/1.1 204 ")
+    assert b"\r\nx-accepted-bytes: 6400\r\n" in response
+    await raw.aclose()
+
+
+async def test_an_idle_upload_connection_is_closed_after_the_keep_alive_timeout(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(keep_alive_timeout_s=0.5)
+    s = await session_on(server, responder="loopback")
+    raw = await Raw.open(server)
+    with trio.fail_after(10):
+        for _ in range(3):
+            await raw.stream.send_all(upload_request(s))
+            assert (await raw.response()).startswith(b"HTTP/1.1 204 ")
+        assert await raw.closed()
+        # a head that never ends is idle too
+        raw2 = await Raw.open(server)
+        await raw2.stream.send_all(f"POST /api/sessions/{s.id}/upload_audio HTTP/1.1\r\n".encode())
+        assert await raw2.closed()
+    await raw.aclose()
+    await raw2.aclose()
+
+
+async def test_a_malformed_body_is_400_and_keeps_what_came_before(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    s = await session_on(server, responder="loopback")
+    raw = await Raw.open(server)
+    head = (
+        f"POST /api/sessions/{s.id}/upload_audio HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {s.token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with trio.fail_after(10):
+        await raw.stream.send_all(head.encode() + b"280\r\n" + bytes(640) + b"\r\n")
+        await eventually(lambda: server.registry.authorise(s.id, s.token).stats.bytes_in == 640)
+        await raw.stream.send_all(b"zz\r\n")  # not a chunk size
+        response = await raw.response()
+        assert await raw.closed()
+    await raw.aclose()
+    assert response.startswith(b"HTTP/1.1 400 ")
+    assert b'"code": "malformed_body"' in response
+    assert b"\r\nx-accepted-bytes: 640\r\n" in response
+    assert b"\r\nconnection: close\r\n" in response
+    # a head h11 cannot parse gets hypercorn's bare 400
+    raw = await Raw.open(server)
+    with trio.fail_after(10):
+        await raw.stream.send_all(
+            f"POST /api/sessions/{s.id}/upload_audio HTTP/1.1\r\nno colon\r\n\r\n".encode()
+        )
+        response = await raw.response()
+        assert await raw.closed()
+    await raw.aclose()
+    assert response.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_shutting_down_closes_idle_upload_connections_and_finishes_busy_ones(
+    nursery: trio.Nursery,
+) -> None:
+    config = ServerConfig(host="127.0.0.1", port=0, shutdown_notice_s=0)
+    app = create_app(config)
+    stop = trio.Event()
+    binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
+    server = Running(binds[0], app, config)
+    s = await session_on(server, responder="loopback")
+    idle, busy = await Raw.open(server), await Raw.open(server)
+    with trio.fail_after(10):
+        for raw in (idle, busy):
+            await raw.stream.send_all(upload_request(s))
+            assert (await raw.response()).startswith(b"HTTP/1.1 204 ")
+        await busy.stream.send_all(upload_request(s, bytes(640), declared=1280))
+        await eventually(lambda: server.registry.authorise(s.id, s.token).stats.bytes_in == 1920)
+        stop.set()
+        assert await idle.closed()
+        await busy.stream.send_all(bytes(640))
+        assert (await busy.response()).startswith(b"HTTP/1.1 204 ")
+        assert await busy.closed()
+    await idle.aclose()
+    await busy.aclose()
 
 
 async def test_curl_style_chunked_put_with_expect_100_continue(start_server: StartServer) -> None:

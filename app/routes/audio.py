@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from app._metrics import Metrics
     from app._playout import Reader, StreamStart
-    from app._session import Session, UploadResult
+    from app._session import Session, UploadBody, UploadResult
 
 bp = Blueprint("audio", __name__)
 
@@ -81,32 +81,61 @@ def parse_sequence(raw: str | None) -> int | None:
     return value
 
 
-async def take_upload(
-    session: Session,
-    body: AsyncIterator[bytes],
-    *,
-    content_type: str | None,
-    sequence: str | None,
-    content_length: int | None,
-    metrics: Metrics,
-) -> UploadResult:
-    """One upload_audio request after authorisation: the Quart route's and the ASGI fast
-    path's (app/_asgi.py) common core, from the raw header values.
+class UploadRequest:
+    """One upload_audio request after authorisation, from the raw header values: the
+    common core of the Quart route and of app/_connection.py's own h11 path. ``async
+    with`` yields the :class:`UploadBody` the caller feeds, in the same task; the session
+    counts as busy meanwhile.
+
+    (A class, not ``asynccontextmanager``: it runs on every upload, and a generator
+    context costs several times more.)
 
     Raises:
-        ApiError: 415 format, 400 sequence, and whatever :meth:`Session.upload` raises
-            (counted as rejected uploads by status).
+        ApiError: 415 format, 400 sequence, and whatever :meth:`Session.open_upload` or
+            the body raises (all counted as rejected uploads by status).
     """
-    with session.request():
+
+    __slots__ = ("_body", "_content_length", "_content_type", "_metrics", "_sequence", "_session")
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        content_type: str | None,
+        sequence: str | None,
+        content_length: int | None,
+        metrics: Metrics,
+    ) -> None:
+        self._session = session
+        self._content_type = content_type
+        self._sequence = sequence
+        self._content_length = content_length
+        self._metrics = metrics
+        self._body: UploadBody | None = None
+
+    async def __aenter__(self) -> UploadBody:
+        session = self._session
+        session.begin_request()
         try:
             # Decided from the headers alone, before any of the body is read.
-            fmt = parse_pcm_format(content_type, session.config.input_sample_rate)
-            return await session.upload(
-                body, fmt, sequence=parse_sequence(sequence), content_length=content_length
+            fmt = parse_pcm_format(self._content_type, session.config.input_sample_rate)
+            self._body = await session.open_upload(
+                fmt, sequence=parse_sequence(self._sequence), content_length=self._content_length
             )
-        except ApiError as error:
-            metrics.upload_rejected.labels(str(error.status)).inc()
+        except BaseException as error:
+            self._exit(error)
             raise
+        return self._body
+
+    async def __aexit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        self._exit(error)
+
+    def _exit(self, error: BaseException | None) -> None:
+        if self._body is not None:
+            self._body.close()
+        self._session.end_request()
+        if isinstance(error, ApiError):
+            self._metrics.upload_rejected.labels(str(error.status)).inc()
 
 
 def upload_reply_headers(result: UploadResult) -> dict[str, str]:
@@ -119,17 +148,18 @@ def upload_reply_headers(result: UploadResult) -> dict[str, str]:
 
 @bp.route("/api/sessions/<session_id>/upload_audio", methods=["POST", "PUT"])
 async def upload_audio(session_id: str) -> Response:
-    # app/_asgi.py serves POST and PUT here without Quart; this route is what it must match
-    # (tests/test_fast_paths.py compares the two), and serves when that path is off.
+    # app/_connection.py serves POST and PUT here without hypercorn's streams or Quart;
+    # this route is what it must match (tests/test_fast_paths.py compares the two), and
+    # serves when that path is off (and over HTTP/2).
     session = authorised_session(session_id)
-    result = await take_upload(
+    async with UploadRequest(
         session,
-        request.body,
         content_type=request.headers.get("Content-Type"),
         sequence=request.headers.get("X-Sequence"),
         content_length=request.content_length,
         metrics=metrics(),
-    )
+    ) as body:
+        result = await body.consume(request.body)
     response = Response("", status=204)
     for name, value in upload_reply_headers(result).items():
         response.headers[name] = value
