@@ -27,8 +27,10 @@ The answers are those of the Quart route (``fast_paths = False`` on the app's co
 class sends every request through Quart; tests/test_fast_paths.py compares the two byte
 for byte): its headers, voxwire's JSON errors, CORS, ``Connection: close`` when the body
 went unread (the connection then closes after a lingering read, as hypercorn's does here),
-``100 Continue`` when the client waits for it, hypercorn's ``date`` and ``server`` headers
-and its keep-alive limits. Quart's before/after-request hooks do not run for uploads:
+hypercorn's ``date`` and ``server`` headers and its keep-alive limits. Two differences,
+both on purpose: ``100 Continue`` goes out once the upload is accepted (hypercorn sends
+it at once, so a refused client sent its body for nothing), and a malformed chunked body
+gets voxwire's JSON 400 (naming what was accepted) instead of hypercorn's bare one. Quart's before/after-request hooks do not run for uploads:
 voxwire's own (CORS, closing a connection whose body went unread) are reproduced here; a
 new hook that must see uploads has to be added here too.
 """
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import time
 import weakref
@@ -55,6 +58,8 @@ from app._errors import ApiError
 from app._server import LINGER_S, HandBack, PromptCloseTCPServer
 from app.routes._common import bearer_credential
 from app.routes.audio import UploadRequest, upload_reply_headers
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable
@@ -250,12 +255,17 @@ class Connection:
                 request = await self._next_upload(conn)
                 if request is None:  # not an upload: hypercorn's, until it hands it back
                     server = PromptCloseTCPServer(
-                        *self._args, self.stream, initial=conn.trailing_data[0], hand_back=True
+                        *self._args,
+                        self.stream,
+                        initial=conn.trailing_data[0],
+                        hand_back=True,
+                        served=self._requests,
                     )
                     await server
-                    if server.handed_back is None:
+                    back = server.handed_back
+                    if back is None:
                         return
-                    conn, request = server.handed_back.connection, server.handed_back.request
+                    conn, request, self._requests = back.connection, back.request, back.requests
                     continue
             if not await self._upload(conn, request):
                 return
@@ -313,14 +323,21 @@ class Connection:
         """A head h11 cannot parse: hypercorn's bare answer, then the connection closes."""
         headers = [(b"content-length", b"0"), (b"connection", b"close")]
         response = h11.Response(status_code=status, headers=headers + self._server_headers.get())
-        with contextlib.suppress(
-            h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError
-        ):
+        with contextlib.suppress(h11.LocalProtocolError, Disconnected):
             await self._send(conn, response, h11.EndOfMessage())
+            await linger(self.stream)
 
     async def _send(self, conn: h11.Connection, *events: h11.Event) -> None:
+        """Send ``events`` in one write.
+
+        Raises:
+            Disconnected: the client has gone.
+        """
         data = b"".join(conn.send(event) or b"" for event in events)
-        await self.stream.send_all(data)
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Disconnected from None
 
     async def _upload(self, conn: h11.Connection, request: h11.Request) -> bool:
         """Serve one upload request; whether the connection goes on.
@@ -336,6 +353,7 @@ class Connection:
         assert session_id is not None
         headers = RequestHeaders(request.headers)
         status, reply, payload = 204, [(b"content-type", b"text/html; charset=utf-8")], b""
+        broken = False
         try:
             session = parts.registry.authorise(
                 session_id, bearer_credential(headers.get(b"authorization"))
@@ -361,10 +379,20 @@ class Connection:
         except ApiError as error:
             status = error.status
             reply, payload = error_reply(error)
+        except Disconnected:
+            raise
+        except Exception:
+            # A bug: this request gets hypercorn's 500 and the connection ends; the worker
+            # and its other connections go on (as when an ASGI app raises).
+            log.exception("upload_audio failed")
+            status, reply, payload = 500, [(b"content-length", b"0")], b""
+            broken = True
         reply += cors_reply_headers(parts.cors, headers.get(b"origin"))
+        if conn.our_state is not h11.SEND_RESPONSE:
+            raise Disconnected  # (a bug that broke the h11 state: nothing can be sent)
         _drop_buffered_body(conn)
         unread = conn.their_state is not h11.DONE
-        if unread:  # app/__init__.py's ``_close_if_body_unread``
+        if unread or broken:  # app/__init__.py's ``_close_if_body_unread``
             reply.append((b"connection", b"close"))
         reply += self._server_headers.get()
         if self._requests >= self.config.keep_alive_max_requests:
@@ -373,18 +401,13 @@ class Connection:
         if payload:
             events.append(h11.Data(data=payload))
         events.append(h11.EndOfMessage())
-        try:
-            await self._send(conn, *events)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise Disconnected from None
-        if unread:
-            await linger(self.stream)
-            return False
-        return (
-            conn.our_state is h11.DONE
-            and conn.their_state is h11.DONE
-            and not self.context.terminated.is_set()
-        )
+        await self._send(conn, *events)
+        states: tuple[object, object] = (conn.our_state, conn.their_state)
+        if states == (h11.DONE, h11.DONE) and not self.context.terminated.is_set():
+            return True
+        if unread or conn.trailing_data[0]:
+            await linger(self.stream)  # the client is still sending: no reset
+        return False
 
     async def _read_body(self, conn: h11.Connection, body: UploadBody) -> Any:
         """Feed the request's body to ``body`` as h11 parses it; then ``body.finish()``.
@@ -395,6 +418,9 @@ class Connection:
             Disconnected: the client went away.
         """
         eof = False
+        # Moved on by body data only (not by any bytes: chunk headers dripping in one
+        # byte at a time must not hold the session's upload for ever).
+        deadline = trio.current_time() + body.idle_timeout_s
         while True:
             try:
                 event = conn.next_event()
@@ -406,10 +432,11 @@ class Connection:
                 ) from None
             if isinstance(event, h11.Data):
                 await body.feed(bytes(event.data))
+                deadline = trio.current_time() + body.idle_timeout_s
             elif isinstance(event, h11.EndOfMessage):
                 return await body.finish()
             elif event is h11.NEED_DATA:
-                with trio.move_on_after(body.idle_timeout_s):
+                with trio.move_on_at(deadline):
                     data = await self._receive()
                     eof = not data
                     conn.receive_data(data)
@@ -456,7 +483,7 @@ class _HandingBackH11Protocol(H11Protocol):
 
     async def _create_stream(self, request: h11.Request) -> None:
         if self.hand_back and upload_session_id(request.method, request.target) is not None:
-            raise HandBack(self.connection, request)
+            raise HandBack(self.connection, request, self.keep_alive_requests)
         await super()._create_stream(request)
 
 

@@ -122,10 +122,11 @@ class HandBack(Exception):
     """Raised by the h11 protocol (app/_connection.py) on a request it gives back: the
     connection, at that request, returns to :class:`app._connection.Connection`."""
 
-    def __init__(self, connection: Any, request: Any) -> None:
+    def __init__(self, connection: Any, request: Any, requests: int) -> None:
         super().__init__()
         self.connection = connection  # the protocol's h11.Connection, the request parsed
         self.request = request
+        self.requests = requests  # served on the connection so far (keep_alive_max_requests)
 
 
 class PromptCloseTCPServer(TCPServer):
@@ -151,23 +152,31 @@ class PromptCloseTCPServer(TCPServer):
     _lingering = False
 
     def __init__(
-        self, *args: Any, initial: bytes = b"", hand_back: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        initial: bytes = b"",
+        hand_back: bool = False,
+        served: int = 0,
+        **kwargs: Any,
     ) -> None:
         """``initial``: bytes already read from the connection (app/_connection.py), served
-        first. ``hand_back``: the protocol may give the connection back (:class:`HandBack`),
-        which ends this handler without closing the connection (``handed_back`` says so).
+        first; ``served``: requests it has served. ``hand_back``: the protocol may give the
+        connection back (:class:`HandBack`), which ends this handler without closing the
+        connection (``handed_back`` says so).
         """
         super().__init__(*args, **kwargs)
         self.idle_task = IdleDeadline(self)  # type: ignore[assignment]
         self._reader_done = trio.Event()  # the peer has closed (or the socket is gone)
         self._initial = initial
         self._hand_back = hand_back
+        self._served = served
         self.handed_back: HandBack | None = None
 
     async def _read_data(self) -> None:
         protocol = self.protocol.protocol
         if self._hand_back and hasattr(protocol, "hand_back"):
             protocol.hand_back = True
+            protocol.keep_alive_requests = self._served
         try:
             if self._initial:
                 await self.protocol.handle(RawData(self._initial))

@@ -465,6 +465,7 @@ class Session:
                     "another upload to this session is still running",
                     headers={"Retry-After": str(srv.retry_after_s)},
                 ) from None
+        self.stats.uploads += 1
         if sequence is not None and sequence > self._next_sequence:
             self._upload_lock.release()
             raise ApiError(
@@ -473,7 +474,6 @@ class Session:
                 f"expected X-Sequence {self._next_sequence}, got {sequence}",
                 param="X-Sequence",
             )
-        self.stats.uploads += 1
         return UploadBody(self, fmt, sequence, limit)
 
     async def upload(

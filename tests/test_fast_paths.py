@@ -11,6 +11,7 @@ short body).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from functools import partial
@@ -324,6 +325,35 @@ async def test_an_idle_upload_connection_is_closed_after_the_keep_alive_timeout(
         assert await raw2.closed()
     await raw.aclose()
     await raw2.aclose()
+
+
+async def test_a_chunk_header_dripping_in_gets_408(start_server: StartServer) -> None:
+    """The body's idle timeout waits for body data, not for any byte: a chunk header
+    sent a byte at a time must not hold the session's upload."""
+    server = await start_server(upload_idle_timeout_s=0.5)
+    s = await session_on(server, responder="loopback")
+    raw = await Raw.open(server)
+    head = (
+        f"POST /api/sessions/{s.id}/upload_audio HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {s.token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    await raw.stream.send_all(head.encode() + b"280;")
+    response = b""
+
+    async def drip() -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            for _ in range(100):
+                await raw.stream.send_all(b"x")  # a chunk extension that never ends
+                await trio.sleep(0.1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drip)
+        with trio.fail_after(5):
+            response = await raw.response()
+        nursery.cancel_scope.cancel()
+    await raw.aclose()
+    assert response.startswith(b"HTTP/1.1 408 ")
+    assert b'"code": "upload_idle_timeout"' in response
 
 
 async def test_a_malformed_body_is_400_and_keeps_what_came_before(
