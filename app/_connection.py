@@ -30,9 +30,11 @@ went unread (the connection then closes after a lingering read, as hypercorn's d
 hypercorn's ``date`` and ``server`` headers and its keep-alive limits. Two differences,
 both on purpose: ``100 Continue`` goes out once the upload is accepted (hypercorn sends
 it at once, so a refused client sent its body for nothing), and a malformed chunked body
-gets voxwire's JSON 400 (naming what was accepted) instead of hypercorn's bare one. Quart's before/after-request hooks do not run for uploads:
-voxwire's own (CORS, closing a connection whose body went unread) are reproduced here; a
-new hook that must see uploads has to be added here too.
+gets voxwire's JSON 400 (naming what was accepted) instead of hypercorn's bare one.
+
+Quart's before/after-request hooks do not run for uploads: voxwire's own (CORS, closing a
+connection whose body went unread) are reproduced here; a new hook that must see uploads
+has to be added here too.
 """
 
 from __future__ import annotations
