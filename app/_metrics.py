@@ -98,6 +98,12 @@ class Metrics:
             buckets=(2, 3, 4, 6, 8),
             registry=r,
         )
+        self.reply_gaps = Counter(
+            "voxwire_reply_gaps",
+            "Reply pieces queued after the reply's audio before them had all been played out "
+            "(the listener may have heard a pause inside the reply)",
+            registry=r,
+        )
         self.partials_skipped = Counter(
             "voxwire_partials_skipped",
             "Partial decodes not started because the scheduler was behind",

@@ -124,6 +124,7 @@ SCHED_WAIT = "voxwire_scheduler_wait_seconds"
 SCHED_DEPTH = "voxwire_scheduler_queue_depth"
 SCHED_DROPPED = "voxwire_scheduler_dropped_total"
 PARTIALS_SKIPPED = "voxwire_partials_skipped_total"
+REPLY_GAPS = "voxwire_reply_gaps_total"
 
 
 def loopback(mode: str) -> bool:
@@ -854,6 +855,10 @@ async def run_step(
         result["partials_skipped"] = (
             math.nan if None in skipped else float(skipped[1] or 0) - float(skipped[0] or 0)
         )
+        gaps = [m.get(REPLY_GAPS) for m in (metrics0, metrics1)]
+        result["reply_gaps"] = (
+            math.nan if None in gaps else float(gaps[1] or 0) - float(gaps[0] or 0)
+        )
     result["errors"] = dict(step.errors)
     result["fails"] = verdict(result, args)
     return result
@@ -1037,6 +1042,7 @@ def scheduler_text(r: dict[str, Any]) -> str:
         f"  scheduler queue wait ms p50/p95 by priority: {', '.join(waits) or 'n/a'}\n"
         f"  scheduler queue depth mean/max by priority: {', '.join(depths) or 'n/a'} | jobs "
         f"dropped: {dropped or ('none' if sched else 'n/a')} | partials skipped: {ms(skipped)}"
+        f" | reply pieces late (voxwire_reply_gaps): {ms(r.get('reply_gaps', math.nan))}"
     )
 
 

@@ -479,6 +479,8 @@ class Responses:
             if len(out) and response.first_audio_queued_at is None:
                 response.first_audio_queued_at = trio.current_time()
                 deps.events.emit("output_audio_buffer.started", response_id=response.id)
+            if len(out) and response.queued and not deps.playout.queued_samples:
+                deps.metrics.reply_gaps.inc()  # the next piece came late (the lead is all left)
             await deps.playout.put(out)
             response.queued += len(out)
             return len(out)
