@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Frames scored on the event loop rather than in a worker thread (ModelHub.infer_vad).
-VAD_INLINE_FRAMES = 2
+# Frames scored on the event loop rather than in a worker thread (ModelHub.infer_vad),
+# in one model call (~0.6 ms for 4).
+VAD_INLINE_FRAMES = 4
 
 # "tail": the last seconds of a pause's audio, for its words' verdict only (a turn decision)
 Kind = Literal["partial", "speculative", "final", "tail"]
@@ -315,7 +316,7 @@ class ModelHub:
         Up to :data:`VAD_INLINE_FRAMES` frames are scored on the event loop: Silero takes
         ~0.13 ms a frame, and a worker-thread round trip costs the process 2-3 times that
         in wakeups and GIL hand-offs (~0.3-0.4 ms of CPU, bench/vad_hop.py), on every
-        upload of every session. A backlog goes to a thread of its own limiter.
+        upload of every session. A longer backlog goes to a thread of its own limiter.
         """
 
         def timed() -> T:

@@ -459,7 +459,6 @@ async def run_level(server: Server, n: int, args, baseline_rss: int) -> dict:
 # machine's 2 cores with it.
 
 FLOOR_SCRIPT = Path(__file__).resolve().parent / "floor.py"
-UPLOAD_BYTES = 640  # 20 ms of 16 kHz PCM16
 
 
 class FloorServer(Server):
@@ -549,13 +548,15 @@ class RawConnection:
         return status, bool(re.search(r"\r\nconnection:\s*close", head))
 
 
-def upload_request(port: int, path: str, token: str) -> bytes:
+def upload_request(port: int, path: str, token: str, ms: int = 20) -> bytes:
+    """A POST of ``ms`` of tone (the period's worth of audio: 640 bytes for 20 ms)."""
+    body = tone_chunk(ms)
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
-        f"Content-Length: {UPLOAD_BYTES}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
     )
-    return head.encode() + tone_chunk(20)
+    return head.encode() + body
 
 
 def stream_request(port: int, path: str, token: str) -> bytes:
@@ -678,7 +679,7 @@ async def cost_round(target: Target, args) -> dict:
 
     def uploads(nursery: trio.Nursery, phase: Phase, end: float) -> None:
         for path, token in target.uploads:
-            request = upload_request(port, path, token)
+            request = upload_request(port, path, token, int(args.cost_period_ms))
             nursery.start_soon(post_loop, port, request, args.cost_period_ms / 1000, end, phase)
 
     def streams(nursery: trio.Nursery, phase: Phase, end: float) -> None:
@@ -741,7 +742,7 @@ def show_cost(rounds: list[dict], names: list[str], args) -> None:
         "floor": "trio + h11 floor (`floor.py`)",
     }
     print(
-        f"\n| server | one 20 ms upload POST ({args.cost_uploads} x "
+        f"\n| server | one {args.cost_period_ms:g} ms upload POST ({args.cost_uploads} x "
         f"{1000 / args.cost_period_ms:.0f}/s) | / floor | one open silent stream "
         f"({args.cost_streams} open) | / floor |\n|---|---:|---|---:|---|"
     )

@@ -61,3 +61,23 @@ def test_the_input_row_written_in_place_scores_as_one_built_per_frame(vad: Siler
         context = audio[-64:]
         expected = float(np.asarray(out).reshape(-1)[0])
         assert vad.prob(state, frame) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+def test_frames_scored_in_one_call_score_as_one_call_each(vad: SileroVad, size: int) -> None:
+    """``probs`` runs consecutive frames through the model in one call: the same
+    probabilities and the same state after it as ``prob`` frame by frame."""
+    rng = np.random.default_rng(size)
+    speech = synthesize(("Hello there, how are you today?",)).samples
+    noise = (rng.standard_normal(len(speech)) * 200).astype(np.int16)
+    x = np.clip(speech.astype(np.int32) + noise, -32768, 32767).astype(np.int16)
+    frames = [x[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES] for i in range(len(x) // 512)]
+    one, many = VadState(), VadState()
+    expected = [vad.prob(one, f) for f in frames]
+    got: list[float] = []
+    for start in range(0, len(frames), size):
+        got += vad.probs(many, frames[start : start + size])
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert max(expected) > 0.5  # (speech, so the state matters)
+    # and the next frame after either sees the same state
+    assert vad.prob(many, frames[3]) == pytest.approx(vad.prob(one, frames[3]), abs=1e-5)

@@ -71,5 +71,4 @@ async def run(
 
 
 def _score(deps: Deps, state: VadState, frames: list[Frame]) -> list[float]:
-    vad = deps.hub.models.vad
-    return [vad.prob(state, f.samples) for f in frames]
+    return deps.hub.models.vad.probs(state, [f.samples for f in frames])
