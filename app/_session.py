@@ -704,7 +704,13 @@ class Session:
                 now = trio.current_time()
                 for samples in framer.feed(resampler.feed(chunk.samples)):
                     self.stats.frames += 1
-                    await out.send(Frame(samples, position, now))
+                    frame = Frame(samples, position, now)
+                    try:
+                        # A chunk's frames go over together (no yield between them), so
+                        # the VAD stage wakes once and scores them in one call.
+                        out.send_nowait(frame)
+                    except trio.WouldBlock:
+                        await out.send(frame)
                     position += len(samples)
 
     # -- download --------------------------------------------------------------------
