@@ -131,7 +131,6 @@ class RequestHeaders:
 class _AppParts:
     """What uploads need from the app, looked up once per app."""
 
-    config: ServerConfig
     registry: SessionRegistry
     metrics: Metrics
     cors: CorsPolicy
@@ -145,7 +144,6 @@ def _parts(app: Quart) -> _AppParts:
     if parts is None:
         config: ServerConfig = app.config["VOXWIRE_CONFIG"]
         parts = _PARTS[app] = _AppParts(
-            config,
             app.config["VOXWIRE_REGISTRY"],
             app.config["VOXWIRE_METRICS"],
             CorsPolicy(config.cors_origins),
@@ -227,7 +225,8 @@ class Connection:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._close_when_idle_at_shutdown)
-                await self._serve()
+                with contextlib.suppress(Disconnected):
+                    await self._serve()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -238,19 +237,15 @@ class Connection:
         if self._idle is not None:
             self._idle.cancel()
 
-    def _new_h11(self) -> h11.Connection:
-        return h11.Connection(
+    async def _serve(self) -> None:
+        """Serve the connection's requests until it ends.
+
+        Raises:
+            Disconnected: the connection ended without a response owed.
+        """
+        conn = h11.Connection(
             h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size
         )
-
-    async def _serve(self) -> None:
-        try:
-            await self._serve_requests()
-        except Disconnected:
-            return
-
-    async def _serve_requests(self) -> None:
-        conn = self._new_h11()
         request: h11.Request | None = None
         while True:
             if request is None:

@@ -476,26 +476,6 @@ class Session:
             )
         return UploadBody(self, fmt, sequence, limit)
 
-    async def upload(
-        self,
-        body: AsyncIterator[bytes],
-        fmt: PcmFormat,
-        *,
-        sequence: int | None,
-        content_length: int | None,
-    ) -> UploadResult:
-        """Consume one upload_audio body read from ``body`` (Quart's request body).
-
-        Raises:
-            ApiError: 408 idle body, 409 sequence gap or concurrent upload, 413 caps,
-                429 backpressure (``Retry-After``). Audio accepted before the error stays.
-        """
-        taker = await self.open_upload(fmt, sequence=sequence, content_length=content_length)
-        try:
-            return await taker.consume(body)
-        finally:
-            taker.close()
-
     def _decoder_for(self, fmt: PcmFormat) -> PcmDecoder:
         if self._decoder is None or self._decoder_format != fmt:
             self._decoder = PcmDecoder(big_endian=fmt.big_endian)
@@ -666,12 +646,13 @@ class Session:
 
     async def append_audio(self, data: bytes) -> UploadResult:
         """input_audio_buffer.append: PCM16 at the session's input rate, as an upload."""
-
-        async def body() -> AsyncIterator[bytes]:
-            yield data
-
         fmt = PcmFormat(self.config.input_sample_rate)
-        return await self.upload(body(), fmt, sequence=None, content_length=len(data))
+        body = await self.open_upload(fmt, sequence=None, content_length=len(data))
+        try:
+            await body.feed(data)
+            return await body.finish()
+        finally:
+            body.close()
 
     def _count_turn(self) -> None:
         self.stats.turns += 1

@@ -67,8 +67,7 @@ class SileroVad:
 
     def prob(self, state: VadState, frame: npt.NDArray[np.int16]) -> float:
         """Probability that ``frame`` (512 int16 samples) is speech; updates ``state``."""
-        if frame.shape != (FRAME_SAMPLES,):
-            raise ValueError(f"expected {FRAME_SAMPLES} samples, got shape {frame.shape}")
+        _check(frame)
         # Written in place: this runs for every frame of every session (on the event loop).
         x = state.x
         np.multiply(frame, 1.0 / 32768.0, out=x[0, CONTEXT_SAMPLES:], casting="unsafe")
@@ -91,8 +90,7 @@ class SileroVad:
         if len(frames) <= 1:
             return [self.prob(state, frame) for frame in frames]
         for frame in frames:
-            if frame.shape != (FRAME_SAMPLES,):
-                raise ValueError(f"expected {FRAME_SAMPLES} samples, got shape {frame.shape}")
+            _check(frame)
         audio = np.stack(frames).astype(np.float32) * np.float32(1.0 / 32768.0)
         x = np.empty((len(frames), CONTEXT_SAMPLES + FRAME_SAMPLES), np.float32)
         x[:, CONTEXT_SAMPLES:] = audio
@@ -105,3 +103,8 @@ class SileroVad:
         state.h, state.c = h, c
         state.x[0, :CONTEXT_SAMPLES] = audio[-1, -CONTEXT_SAMPLES:]
         return [float(p) for p in np.asarray(out).reshape(-1)]
+
+
+def _check(frame: npt.NDArray[np.int16]) -> None:
+    if frame.shape != (FRAME_SAMPLES,):
+        raise ValueError(f"expected {FRAME_SAMPLES} samples, got shape {frame.shape}")

@@ -103,6 +103,14 @@ class Raw:
         await self.stream.aclose()
 
 
+def chunked_head(s: SessionHandle) -> bytes:
+    """The head of a chunked upload_audio POST (its chunks are sent by the test)."""
+    return (
+        f"POST /api/sessions/{s.id}/upload_audio HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {s.token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+
+
 def upload_request(
     s: SessionHandle | None,
     body: bytes = bytes(640),
@@ -333,11 +341,8 @@ async def test_a_chunk_header_dripping_in_gets_408(start_server: StartServer) ->
     server = await start_server(upload_idle_timeout_s=0.5)
     s = await session_on(server, responder="loopback")
     raw = await Raw.open(server)
-    head = (
-        f"POST /api/sessions/{s.id}/upload_audio HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: Bearer {s.token}\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    await raw.stream.send_all(head.encode() + b"280;")
+    head = chunked_head(s)
+    await raw.stream.send_all(head + b"280;")
     response = b""
 
     async def drip() -> None:
@@ -362,12 +367,9 @@ async def test_a_malformed_body_is_400_and_keeps_what_came_before(
     server = await start_server()
     s = await session_on(server, responder="loopback")
     raw = await Raw.open(server)
-    head = (
-        f"POST /api/sessions/{s.id}/upload_audio HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: Bearer {s.token}\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
+    head = chunked_head(s)
     with trio.fail_after(10):
-        await raw.stream.send_all(head.encode() + b"280\r\n" + bytes(640) + b"\r\n")
+        await raw.stream.send_all(head + b"280\r\n" + bytes(640) + b"\r\n")
         await eventually(lambda: server.registry.authorise(s.id, s.token).stats.bytes_in == 640)
         await raw.stream.send_all(b"zz\r\n")  # not a chunk size
         response = await raw.response()
@@ -516,16 +518,13 @@ async def test_an_answer_while_hypercorn_holds_a_full_queue_of_body(
     s = await session_on(server, responder="loopback")
     baseline = count_tasks()
     holder, raw = await Raw.open(server), await Raw.open(server)
-    head = (
-        f"POST /api/sessions/{s.id}/upload_audio HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: Bearer {s.token}\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    await holder.stream.send_all(head.encode() + b"280\r\n" + bytes(640) + b"\r\n")
+    head = chunked_head(s)
+    await holder.stream.send_all(head + b"280\r\n" + bytes(640) + b"\r\n")
     session = server.registry.authorise(s.id, s.token)
     with trio.fail_after(10):
         await eventually(lambda: session.stats.bytes_in == 640)
         # small chunks: hypercorn hands the app one message per chunk
-        await raw.stream.send_all(head.encode() + (b"400\r\n" + bytes(1024) + b"\r\n") * 64)
+        await raw.stream.send_all(head + (b"400\r\n" + bytes(1024) + b"\r\n") * 64)
         response = await raw.response()
         assert await raw.closed()
     await raw.aclose()
